@@ -1,0 +1,1 @@
+"""varrt.bench: speed and quality benchmarks."""

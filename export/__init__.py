@@ -1,0 +1,1 @@
+"""varrt.export: ONNX-to-ONNX reverse-mode autodiff and the explanation methods."""

@@ -1,0 +1,1 @@
+"""varrt.kernels: the VAR step (NumPy reference, CUDA kernel through CuPy, in-graph ONNX)."""

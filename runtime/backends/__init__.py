@@ -1,0 +1,1 @@
+"""Runtime backends: ONNX Runtime (CPU, CUDA) and TensorRT."""
