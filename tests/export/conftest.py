@@ -1,0 +1,40 @@
+"""Shared fixtures for the export tests: EfficientNet-Lite0 is loaded and exported once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch_models as tm
+from torch import nn
+
+
+@pytest.fixture(scope="session")
+def effnet() -> nn.Module:
+    return tm.efficientnet_lite0()
+
+
+@pytest.fixture(scope="session")
+def effnet_onnx_path(effnet: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """EfficientNet-Lite0 by the TorchScript exporter (opset 17, dynamic batch), saved to disk."""
+    path = tmp_path_factory.mktemp("effnet") / "efficientnet_lite0.onnx"
+    onnx.save_model(tm.export_torchscript(effnet, tm.EFFICIENTNET_INPUT), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def effnet_onnx(effnet_onnx_path: Path) -> onnx.ModelProto:
+    return onnx.load_model(effnet_onnx_path)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Prints the measured errors (max relative error per model and exporter, etc.) after the run."""
+    for title, table in tm.RESULTS.items():
+        rows = sorted({r for r, _ in table})
+        cols = sorted({c for _, c in table})
+        terminalreporter.section(title)
+        terminalreporter.write_line(f"{'':24s}" + "".join(f"{c:>16s}" for c in cols))
+        for r in rows:
+            cells = "".join(f"{table[(r, c)]:16.2e}" if (r, c) in table else f"{'-':>16s}" for c in cols)
+            terminalreporter.write_line(f"{r:24s}{cells}")
