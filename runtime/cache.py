@@ -1,0 +1,118 @@
+"""The on-disk cache of explanation graphs: where it lives, how entries are keyed and written.
+
+Building an explanation graph differentiates the whole model, so it is done once per
+(model, method, options, varrt version) and kept as an ONNX file. Each file stores its own key in
+its metadata, so a truncated file (fails to parse) or a file written for something else (key
+differs) is detected and rebuilt instead of being trusted.
+
+>>> key = graph_cache_key(b"model bytes", "gradient", {"classes": "top5"})
+>>> len(key)
+64
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+from varrt import __version__
+
+logger = logging.getLogger(__name__)
+
+#: Metadata entry of a cached graph that holds the key it was stored under.
+KEY_METADATA = "varrt.cache_key"
+
+
+def default_cache_dir() -> Path:
+    """``$VARRT_CACHE_DIR`` if set, else ``~/.cache/varrt``."""
+    env = os.environ.get("VARRT_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "varrt"
+
+
+def graph_cache_key(
+    model_bytes: bytes, method: str, options: dict[str, Any], version: str = __version__
+) -> str:
+    """sha256 over the model bytes, the method, its options (order-insensitive) and varrt's version."""
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(model_bytes).digest())
+    digest.update(
+        json.dumps(
+            {"method": method, "options": options, "varrt": version}, sort_keys=True, default=repr
+        ).encode()
+    )
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part.
+
+    The temporary file lives in the same directory, so ``os.replace`` is a rename on one file
+    system (atomic on POSIX and Windows); two processes writing the same key both succeed.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class GraphCache:
+    """Explanation graphs stored as ``<dir>/graphs/<key>.onnx``.
+
+    >>> cache = GraphCache("/tmp/varrt-doctest-cache")
+    >>> cache.load("0" * 64) is None
+    True
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None):
+        self.directory = Path(directory) if directory is not None else default_cache_dir()
+
+    def path(self, key: str) -> Path:
+        return self.directory / "graphs" / f"{key}.onnx"
+
+    def load(self, key: str) -> onnx.ModelProto | None:
+        """The cached graph for ``key``, or None when missing, corrupt or stored for another key."""
+        path = self.path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            logger.warning("varrt: cannot read cached graph %s (%s); rebuilding it", path, error)
+            return None
+        try:
+            model = onnx.load_from_string(data)
+        except Exception as error:  # protobuf raises DecodeError, or others on garbage
+            logger.warning(
+                "varrt: cached graph %s is corrupt (%s); rebuilding it", path, type(error).__name__
+            )
+            return None
+        stored = {entry.key: entry.value for entry in model.metadata_props}.get(KEY_METADATA)
+        if stored != key or not model.graph.output:
+            logger.warning("varrt: cached graph %s does not match its key; rebuilding it", path)
+            return None
+        return model
+
+    def store(self, key: str, model: onnx.ModelProto) -> Path:
+        """Write ``model`` under ``key`` (atomically) and return its path; ``model`` is not modified."""
+        stamped = onnx.ModelProto()
+        stamped.CopyFrom(model)
+        for entry in list(stamped.metadata_props):
+            if entry.key == KEY_METADATA:
+                stamped.metadata_props.remove(entry)
+        stamped.metadata_props.add(key=KEY_METADATA, value=key)
+        path = self.path(key)
+        atomic_write_bytes(path, stamped.SerializeToString())
+        return path

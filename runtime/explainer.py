@@ -1,0 +1,334 @@
+"""``varrt.Explainer``: one object that turns images into class attributions and VAR maps.
+
+It builds the explanation graph once (cached on disk), picks a backend, and on each call runs
+the graph in batches, then applies VAR on the backend's own arrays (NumPy on the CPU, CuPy on the
+GPU on the backend's stream).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from varrt import __version__
+from varrt.backends.base import Backend
+from varrt.backends.select import choose_backend, create_backend, parse_device
+from varrt.cache import GraphCache, graph_cache_key
+from varrt.classes import ClassSpec, check_class_ids, check_spec_fits, parse_classes
+from varrt.errors import ModelError, UsageError
+
+logger = logging.getLogger(__name__)
+
+# Graph variants: classes chosen inside the graph by a rule, or fed through `class_ids`.
+_FED = "class_ids"
+
+
+@dataclass
+class Explanation:
+    """What an Explainer returns for a batch of N images and K classes each.
+
+    Arrays are NumPy on the CPU backend and CuPy on GPU backends.
+
+    - ``class_ids``: int64 [N, K], the explained classes (rule order: most likely first).
+    - ``logits``: float [N, num_classes], pre-softmax; ``probabilities``: their softmax.
+    - ``attributions``: float [N, K, C, H, W] (or [N, K, H, W] for Grad-CAM).
+    - ``var``: the VAR maps, same shape as ``attributions``; None when ``var=False``.
+    """
+
+    class_ids: Any
+    logits: Any
+    probabilities: Any
+    attributions: Any
+    var: Any | None
+    method: str = ""
+    backend: str = ""
+
+
+class Explainer:
+    """Explains an ONNX image classifier: attributions for K classes per image, and their VAR maps.
+
+    >>> import numpy as np, varrt
+    >>> explainer = varrt.Explainer("model.onnx", classes="top4+min")      # doctest: +SKIP
+    >>> explanation = explainer(np.zeros((2, 3, 224, 224), np.float32))    # doctest: +SKIP
+    >>> explanation.class_ids.shape, explanation.var.shape                  # doctest: +SKIP
+    ((2, 5), (2, 5, 3, 224, 224))
+
+    Arguments:
+        model: path to an ONNX classifier, or its ``onnx.ModelProto``.
+        method: one of ``varrt.export.METHODS`` (gradient, guided_backprop, gradcam...).
+        classes: ``"top4+min"`` (4 most likely + least likely), ``"topK"``, an int K, or a list of
+            class ids explained for every image. Rules run inside the graph on its own logits, so
+            choosing classes costs no second forward pass.
+        backend: ``"auto"``, ``"onnxruntime"``, ``"onnxruntime-cpu"``, ``"onnxruntime-cuda"``
+            or ``"tensorrt"``; ``backend_name`` says which one runs.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        var: also compute VAR maps (``temperature`` T and threshold ``tau`` as in the paper).
+        batch_size: larger inputs are split into batches of this size (same result).
+        cache_dir: where explanation graphs (and TensorRT engines) are cached; default
+            ``$VARRT_CACHE_DIR`` or ``~/.cache/varrt``.
+        var_in_graph: compute VAR inside the graph (the exporter's ``var=True`` output) instead
+            of with ``varrt.kernels.var_maps`` after it; some backends (TensorRT) fuse it better.
+        backend_options: passed to the backend (``threads`` for onnxruntime-cpu; ``classes``
+            (K min, opt, max), ``fp16``, ``workspace_bytes`` for TensorRT).
+        method_options: passed to ``varrt.export.explain_graph`` (``layer``, ``steps``,
+            ``baseline``, ``samples``, ``noise``).
+
+    Thread safety: an Explainer may be called from several threads at once. Graphs and backends
+    are built once under a lock; ONNX Runtime's ``InferenceSession.run`` is thread-safe, the CUDA
+    backend makes one IOBinding per call, and the TensorRT backend serializes use of its single
+    execution context. ``Explanation`` objects are plain data and belong to the caller.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | onnx.ModelProto,
+        method: str = "guided_backprop",
+        classes: Any = "top4+min",
+        backend: str = "auto",
+        device: str | int = "auto",
+        var: bool = True,
+        temperature: float = 10.0,
+        tau: float = 0.01,
+        batch_size: int = 16,
+        cache_dir: str | os.PathLike[str] | None = None,
+        *,
+        var_in_graph: bool = False,
+        backend_options: dict[str, Any] | None = None,
+        **method_options: Any,
+    ):
+        from varrt import export
+
+        methods = getattr(export, "METHODS", None)
+        if methods is not None and method not in methods:
+            raise UsageError(f"unknown method {method!r}: use one of {', '.join(methods)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if temperature <= 0:
+            raise UsageError(f"temperature must be positive, got {temperature}")
+        self.method = method
+        self.spec: ClassSpec = parse_classes(classes, var=var)
+        self.var = var
+        self.var_in_graph = var and var_in_graph
+        self.temperature = float(temperature)
+        self.tau = float(tau)
+        self.batch_size = batch_size
+        self.method_options = method_options
+        self.backend_options = dict(backend_options or {})
+        self._model, self._model_bytes = _read_model(model)
+        self._cache = GraphCache(cache_dir)
+        _, self._device_id = parse_device(device)
+        self.backend_name = choose_backend(backend, device)
+        logger.info("varrt: Explainer runs %s on backend %s", method, self.backend_name)
+        self._lock = threading.Lock()
+        self._backends: dict[str, Backend] = {}
+        self.graph_paths: dict[str, Path] = {}
+        self._stream: Any = None
+        # Build the graph this spec needs now, so errors (bad model, too many classes) surface here.
+        main = self._variant_backend(self.spec.rule or _FED)
+        self.input_name = next(spec.name for spec in main.inputs if spec.name != "class_ids")
+        self.num_classes = _num_classes(main)
+        check_spec_fits(self.spec, self.num_classes)
+
+    # --- public -----------------------------------------------------------------------------------
+    def __call__(self, images: Any, class_ids: Any = None) -> Explanation:
+        """Explain a float32 batch [N, C, H, W]; ``class_ids`` [N, K] overrides the class spec."""
+        if class_ids is not None:
+            ids: np.ndarray | None = check_class_ids(_to_numpy(class_ids), self.num_classes, var=self.var)
+            variant = _FED
+        elif self.spec.ids is not None:
+            ids = None  # tiled per batch below, once N is known
+            variant = _FED
+        else:
+            ids = None
+            assert self.spec.rule is not None
+            variant = self.spec.rule
+        backend = self._variant_backend(variant)
+        images = self._check_images(images, backend)
+        count = images.shape[0]
+        if ids is not None and ids.shape[0] != count:
+            raise UsageError(f"class_ids has {ids.shape[0]} rows but there are {count} images")
+        if ids is None and self.spec.ids is not None:
+            ids = np.tile(np.asarray(self.spec.ids, dtype=np.int64), (count, 1))
+
+        parts: dict[str, list[Any]] = {"logits": [], "attributions": [], "class_ids": [], "var": []}
+        for start in range(0, count, self.batch_size):
+            stop = min(start + self.batch_size, count)
+            feeds = {self.input_name: images[start:stop]}
+            if ids is not None:
+                feeds["class_ids"] = ids[start:stop]
+            outputs = backend.run(feeds)
+            parts["logits"].append(outputs["logits"])
+            parts["attributions"].append(outputs["attributions"])
+            parts["class_ids"].append(outputs["class_ids"] if ids is None else feeds["class_ids"])
+            if self.var_in_graph:
+                parts["var"].append(outputs["var_attributions"])
+            elif self.var:
+                parts["var"].append(self._var_maps(backend, outputs["attributions"]))
+        xp = backend.array_module
+        with backend.stream_context():
+            joined = {name: _concatenate(xp, arrays) for name, arrays in parts.items() if arrays}
+            logits = joined["logits"]
+            return Explanation(
+                class_ids=xp.asarray(joined["class_ids"], dtype=np.int64),
+                logits=logits,
+                probabilities=_softmax(xp, logits),
+                attributions=joined["attributions"],
+                var=joined.get("var"),
+                method=self.method,
+                backend=self.backend_name,
+            )
+
+    @property
+    def timings(self) -> list[float]:
+        """Seconds per backend run (one per batch), over all graph variants."""
+        return [t for backend in list(self._backends.values()) for t in backend.timings]
+
+    def close(self) -> None:
+        """Release sessions and engines."""
+        with self._lock:
+            for backend in self._backends.values():
+                backend.close()
+            self._backends.clear()
+
+    def __enter__(self) -> Explainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        classes = self.spec.rule or list(self.spec.ids or ())
+        return (
+            f"Explainer(method={self.method!r}, classes={classes!r}, backend={self.backend_name!r}, "
+            f"var={self.var})"
+        )
+
+    # --- graphs and backends ----------------------------------------------------------------------
+    def graph_options(self, variant: str) -> dict[str, Any]:
+        """The ``explain_graph`` options of a graph variant (a class rule, or "class_ids")."""
+        options = dict(self.method_options)
+        options["classes"] = None if variant == _FED else variant
+        options["var"] = self.var_in_graph
+        if self.var_in_graph:
+            options.update(temperature=self.temperature, tau=self.tau)
+        return options
+
+    def _variant_backend(self, variant: str) -> Backend:
+        backend = self._backends.get(variant)
+        if backend is not None:
+            return backend
+        with self._lock:
+            backend = self._backends.get(variant)
+            if backend is None:
+                graph = self._graph(variant)
+                backend = create_backend(
+                    self.backend_name,
+                    graph,
+                    device_id=self._device_id,
+                    batch_size=self.batch_size,
+                    cache_dir=self._cache.directory,
+                    stream=self._shared_stream(),
+                    **self._backend_options(variant),
+                )
+                backend.load()
+                self._backends[variant] = backend
+        return backend
+
+    def _graph(self, variant: str) -> onnx.ModelProto:
+        from varrt import export
+
+        options = self.graph_options(variant)
+        key = graph_cache_key(self._model_bytes, self.method, options, __version__)
+        self.graph_paths[variant] = self._cache.path(key)
+        graph = self._cache.load(key)
+        if graph is not None:
+            logger.info("varrt: using cached explanation graph %s", self.graph_paths[variant])
+            return graph
+        graph = export.explain_graph(self._model, self.method, **options)
+        self._cache.store(key, graph)
+        logger.info("varrt: built explanation graph %s", self.graph_paths[variant])
+        return graph
+
+    def _backend_options(self, variant: str) -> dict[str, Any]:
+        options = dict(self.backend_options)
+        if self.backend_name == "tensorrt" and variant == _FED and self.spec.ids is not None:
+            # An explicit id list fixes K; make sure the profile's K range covers it.
+            low, opt, high = options.get("classes", (2, 5, 16))
+            k = self.spec.k
+            options["classes"] = (min(low, k), k, max(high, k))
+        return options
+
+    def _shared_stream(self) -> Any:
+        # Every variant of one Explainer runs on one stream, so their outputs and VAR kernels
+        # are ordered with each other too.
+        if self.backend_name == "onnxruntime-cpu":
+            return None
+        if self._stream is None:
+            import cupy
+
+            with cupy.cuda.Device(self._device_id):
+                self._stream = cupy.cuda.Stream(non_blocking=True)
+        return self._stream
+
+    # --- helpers ----------------------------------------------------------------------------------
+    def _check_images(self, images: Any, backend: Backend) -> Any:
+        on_gpu = type(images).__module__.split(".")[0] == "cupy"
+        if on_gpu and not backend.on_device:
+            raise UsageError(f"images are a CuPy array, but backend {self.backend_name} takes NumPy arrays")
+        if not on_gpu:
+            images = np.asarray(images)
+        if images.ndim != 4:
+            raise UsageError(f"images must be a batch [N, C, H, W], got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise UsageError("images is an empty batch")
+        if not np.issubdtype(images.dtype, np.floating):
+            raise UsageError(f"images must be float32 (preprocessed), got dtype {images.dtype}")
+        if images.dtype != np.float32:
+            images = images.astype(np.float32)
+        return images
+
+    def _var_maps(self, backend: Backend, attributions: Any) -> Any:
+        from varrt.kernels import var_maps
+
+        with backend.stream_context():
+            return var_maps(attributions, self.temperature, self.tau)
+
+
+def _read_model(model: Any) -> tuple[str | onnx.ModelProto, bytes]:
+    """The model as explain_graph takes it, and the bytes that identify it in the cache key."""
+    if isinstance(model, onnx.ModelProto):
+        return model, model.SerializeToString(deterministic=True)
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        try:
+            return str(path), path.read_bytes()
+        except OSError as error:
+            raise ModelError(f"cannot read model {path}: {error.strerror or error}") from error
+    raise UsageError(f"model must be an ONNX file path or an onnx.ModelProto, not {type(model).__name__}")
+
+
+def _num_classes(backend: Backend) -> int | None:
+    logits = next((spec for spec in backend.outputs if spec.name == "logits"), None)
+    if logits is None:
+        raise ModelError("the explanation graph has no 'logits' output")
+    last = logits.shape[-1] if logits.shape else None
+    return last if isinstance(last, int) and last > 0 else None
+
+
+def _to_numpy(array: Any) -> Any:
+    return array.get() if type(array).__module__.split(".")[0] == "cupy" else array
+
+
+def _concatenate(xp: Any, arrays: list[Any]) -> Any:
+    return arrays[0] if len(arrays) == 1 else xp.concatenate(arrays, axis=0)
+
+
+def _softmax(xp: Any, logits: Any) -> Any:
+    shifted = xp.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
