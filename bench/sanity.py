@@ -1,0 +1,232 @@
+"""Cascading model randomization (Adebayo et al. 2018, "Sanity Checks for Saliency Maps").
+
+A map that explains the model must change when the model's learned weights are destroyed. The
+layers with weights are randomized from the output backwards, one more at each step, and each
+step's maps are compared with the original model's maps. Low similarity is good.
+
+What is randomized: every Conv, ConvTranspose, Gemm and MatMul whose weight is an initializer;
+its weight is redrawn from N(0, std of that weight) and its bias (Conv/Gemm input C, or the
+initializer of an Add that directly follows a MatMul) from N(0, std of that bias). Normalization
+layers (BatchNormalization, LayerNormalization) are left alone: they rescale channels but hold
+no learned features, and in exported inference graphs they are usually folded into the conv
+(the bundled EfficientNet-Lite0 has none left). Each layer draws from its own seeded generator,
+so a layer randomized at step d holds the same random values at every later step - the cascade
+only ever adds layers.
+
+What is compared: the top-1 class's map (class ids fixed from the original model, so every step
+explains the same classes) as the sum of absolute values over channels; Spearman rank
+correlation on the raw magnitudes and SSIM on maps scaled to a maximum of 1.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from varrt.bench import metrics
+from varrt.errors import ModelError
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+METHODS = ("gradient", "guided_backprop", "integrated_gradients", "gradcam")
+
+Progress = Callable[[int, int, str], None]
+
+
+def _no_progress(done: int, total: int, label: str) -> None:
+    del done, total, label
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A layer with learned weights: its node and the initializers it owns."""
+
+    node: str
+    op_type: str
+    weight: str
+    bias: str | None
+
+
+def weight_layers(model: onnx.ModelProto) -> list[Layer]:
+    """Layers with initializer weights, in graph order (input side first)."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    layers = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type not in LAYER_OPS:
+            continue
+        if node.op_type == "MatMul":
+            weight = next((n for n in node.input if n in initializers and len(initializers[n].dims) >= 2), None)
+        else:
+            weight = node.input[1] if len(node.input) > 1 and node.input[1] in initializers else None
+        if weight is None:
+            continue
+        bias = None
+        if node.op_type != "MatMul":
+            if len(node.input) > 2 and node.input[2] in initializers:
+                bias = node.input[2]
+        else:
+            following = consumers.get(node.output[0], [])
+            if len(following) == 1 and following[0].op_type == "Add":
+                bias = next((n for n in following[0].input if n in initializers), None)
+        layers.append(Layer(node=node.name or f"{node.op_type}_{index}", op_type=node.op_type, weight=weight, bias=bias))
+    return layers
+
+
+def _redraw(array: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return rng.normal(0.0, float(array.std()), size=array.shape).astype(array.dtype)
+
+
+def randomize_top_layers(model: onnx.ModelProto, depth: int, seed: int = 0) -> onnx.ModelProto:
+    """A copy of ``model`` with its last ``depth`` weight layers re-initialized."""
+    layers = weight_layers(model)
+    if depth > len(layers):
+        raise ModelError(f"cannot randomize {depth} layers: the model has {len(layers)} with weights")
+    randomized = onnx.ModelProto()
+    randomized.CopyFrom(model)
+    initializers = {init.name: init for init in randomized.graph.initializer}
+    for position in range(len(layers) - depth, len(layers)):
+        layer = layers[position]
+        # One generator per layer, keyed by its position from the output: the cascade is nested.
+        rng = np.random.default_rng([seed, len(layers) - 1 - position])
+        for name in (layer.weight, layer.bias):
+            if name is None:
+                continue
+            fresh = _redraw(numpy_helper.to_array(initializers[name]), rng)
+            initializers[name].CopyFrom(numpy_helper.from_array(fresh, name))
+    return randomized
+
+
+def default_depths(layer_count: int, steps: int = 8) -> list[int]:
+    """0, then about ``steps`` depths spaced geometrically up to all layers (top layers first)."""
+    if layer_count == 0:
+        return [0]
+    spaced = np.unique(np.round(np.geomspace(1, layer_count, num=max(steps, 1))).astype(int))
+    return [0] + [int(d) for d in spaced]
+
+
+@dataclass
+class SanityResult:
+    model: str
+    layers: list[Layer]
+    depths: list[int]
+    # method -> "base"/"var" -> "spearman"/"ssim" -> [steps] mean over images
+    similarity: dict[str, dict[str, dict[str, list[float]]]] = field(default_factory=dict)
+    # method -> "base"/"var" -> [steps, H, W] maps of the first image
+    maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "benchmark": "cascading_randomization",
+            "model": self.model,
+            "settings": self.settings,
+            "depths": self.depths,
+            "layers_output_first": [layer.node for layer in reversed(self.layers)],
+            "similarity": self.similarity,
+        }
+
+    def table_rows(self) -> list[list[str]]:
+        rows = []
+        for method, kinds in self.similarity.items():
+            for index, depth in enumerate(self.depths):
+                rows.append(
+                    [method, str(depth)]
+                    + [f"{kinds[kind][measure][index]:.3f}" for measure in ("spearman", "ssim") for kind in ("base", "var")]
+                )
+        return rows
+
+
+TABLE_HEADERS = ["method", "layers randomized", "Spearman base", "Spearman VAR", "SSIM base", "SSIM VAR"]
+
+
+def top_class_maps(explanation: Any) -> tuple[np.ndarray, np.ndarray]:
+    """|map| of the first explained class, base and VAR, [N, H, W]."""
+    base = np.asarray(explanation.attributions)[:, 0]
+    var = np.asarray(explanation.var)[:, 0]
+    has_channels = base.ndim == 4
+    return metrics.channel_abs_sum(base, has_channels), metrics.channel_abs_sum(var, has_channels)
+
+
+def similarities(original: np.ndarray, randomized: np.ndarray) -> dict[str, float]:
+    """Mean Spearman and SSIM over images; NaN pairs (a constant map) are left out of the mean."""
+    rho = [metrics.spearman(a, b) for a, b in zip(original, randomized, strict=True)]
+    structural = [
+        metrics.ssim(metrics.unit_scale(a), metrics.unit_scale(b)) for a, b in zip(original, randomized, strict=True)
+    ]
+    return {
+        "spearman": float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"),
+        "ssim": float(np.mean(structural)),
+    }
+
+
+def run_sanity(
+    model: str | os.PathLike[str],
+    inputs: np.ndarray,
+    methods: Sequence[str] = METHODS,
+    depths: Sequence[int] | None = None,
+    *,
+    steps: int = 8,
+    seed: int = 0,
+    temperature: float = 10.0,
+    tau: float = 0.01,
+    classes: str = "top4+min",
+    batch_size: int = 8,
+    backend: str = "auto",
+    explainer_factory: Callable[..., Any] | None = None,
+    progress: Progress = _no_progress,
+) -> SanityResult:
+    """Similarity of each method's maps (base and VAR) to the original as layers are randomized."""
+    if explainer_factory is None:
+        import varrt
+
+        explainer_factory = varrt.Explainer
+    original = onnx.load(os.fspath(model))
+    layers = weight_layers(original)
+    if not layers:
+        raise ModelError(f"{model}: no Conv/Gemm/MatMul layer with initializer weights to randomize")
+    depths = list(depths) if depths is not None else default_depths(len(layers), steps)
+    if any(d < 0 or d > len(layers) for d in depths):
+        raise ModelError(f"depths must lie in 0..{len(layers)}, got {depths}")
+    result = SanityResult(
+        model=os.fspath(model), layers=layers, depths=depths,
+        settings={"seed": seed, "temperature": temperature, "tau": tau, "classes": classes,
+                  "images": int(len(inputs)), "map": "sum over channels of |attribution|, top-1 class"},
+    )
+    total = len(methods) * len(depths)
+    done = 0
+    for method in methods:
+        class_ids: np.ndarray | None = None
+        reference: tuple[np.ndarray, np.ndarray] | None = None
+        curves = {kind: {"spearman": [], "ssim": []} for kind in ("base", "var")}
+        step_maps: dict[str, list[np.ndarray]] = {"base": [], "var": []}
+        for depth in depths:
+            graph = original if depth == 0 else randomize_top_layers(original, depth, seed)
+            explainer = explainer_factory(
+                graph, method=method, classes=classes, backend=backend, var=True,
+                temperature=temperature, tau=tau, batch_size=batch_size,
+            )
+            explanation = explainer(inputs, class_ids=class_ids)
+            if class_ids is None:
+                # Fix the original model's classes: every step must explain the same classes.
+                class_ids = np.asarray(explanation.class_ids, dtype=np.int64)
+            maps = top_class_maps(explanation)
+            if reference is None:
+                reference = maps
+            for kind, current, first in zip(("base", "var"), maps, reference, strict=True):
+                for measure, value in similarities(first, current).items():
+                    curves[kind][measure].append(value)
+                step_maps[kind].append(current[0])
+            done += 1
+            progress(done, total, f"{method} depth {depth}")
+        result.similarity[method] = curves
+        result.maps[method] = {kind: np.stack(step_maps[kind]) for kind in ("base", "var")}
+    return result
