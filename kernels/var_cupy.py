@@ -91,11 +91,14 @@ def module_origin() -> str:
     return _load_module(cp)[1]
 
 
-def var_maps_cupy(attributions: Any, temperature: float = 10.0, tau: float = 0.01) -> Any:
+def var_maps_cupy(attributions: Any, temperature: float = 10.0, tau: float = 0.01, *,
+                  out: Any = None) -> Any:
     """VAR on a CuPy array [N, K, ...] (float32 or float16); the result stays on the device.
 
     Launched on the current CuPy stream, so it orders after whatever produced the attributions
-    there. Non-contiguous inputs are copied to C order first.
+    there. Non-contiguous inputs are copied to C order first. ``out``, when given, is a
+    C-contiguous CuPy array of the same shape and dtype to write into (e.g. a buffer bound to
+    an ONNX Runtime output); it must not overlap the input.
 
     >>> import cupy as cp                                           # doctest: +SKIP
     >>> var_maps_cupy(cp.ones((2, 5, 3, 8, 8), cp.float32)).shape   # doctest: +SKIP
@@ -107,7 +110,13 @@ def var_maps_cupy(attributions: Any, temperature: float = 10.0, tau: float = 0.0
     if attributions.dtype not in KERNEL_DTYPES:
         raise UsageError(f"the CUDA VAR kernel takes float32 or float16; got {attributions.dtype}")
     x = cp.ascontiguousarray(attributions)
-    y = cp.empty_like(x)
+    if out is None:
+        y = cp.empty_like(x)
+    elif out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
+        raise UsageError(f"out must be a C-contiguous {x.dtype} array of shape {x.shape}; "
+                         f"got {out.dtype} {out.shape}")
+    else:
+        y = out
     n, k = x.shape[0], x.shape[1]
     plane = int(np.prod(x.shape[2:], dtype=np.int64))
     if x.size == 0:
