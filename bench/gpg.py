@@ -26,11 +26,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from varrt.bench import grids, metrics
 from varrt.errors import UsageError, VarrtError
 
-METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "gradcam", "guided_gradcam")
+METHODS = (
+    "gradient",
+    "input_x_gradient",
+    "guided_backprop",
+    "integrated_gradients",
+    "gradcam",
+    "guided_gradcam",
+)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 Progress = Callable[[int, int, str], None]
@@ -152,8 +158,12 @@ def predict_probabilities(
     input_name = session.get_inputs()[0].name
     outputs = []
     for start in range(0, len(inputs), batch_size):
-        (scores,) = session.run([session.get_outputs()[0].name], {input_name: inputs[start : start + batch_size]})
-        outputs.append(np.asarray(scores, dtype=np.float64).reshape(len(inputs[start : start + batch_size]), -1))
+        (scores,) = session.run(
+            [session.get_outputs()[0].name], {input_name: inputs[start : start + batch_size]}
+        )
+        outputs.append(
+            np.asarray(scores, dtype=np.float64).reshape(len(inputs[start : start + batch_size]), -1)
+        )
     scores = np.concatenate(outputs)
     if np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
         return scores
@@ -217,7 +227,9 @@ def pointing_scores(attributions: np.ndarray, input_hw: tuple[int, int], has_cha
     """Scores [G, 4]: explanation k of grid g scored against cell k of that grid."""
     saliency = metrics.channel_sum(attributions, has_channels=has_channels)  # [G, 4, H, W]
     masks = grids.cell_masks(input_hw)
-    return np.stack([metrics.positive_mass_share(saliency[:, k], masks[k]) for k in range(grids.CELLS)], axis=1)
+    return np.stack(
+        [metrics.positive_mass_share(saliency[:, k], masks[k]) for k in range(grids.CELLS)], axis=1
+    )
 
 
 def run_method(
@@ -226,9 +238,11 @@ def run_method(
     """Base and VAR attributions for every grid, in batches (one explainer call per batch)."""
     base_parts, var_parts = [], []
     for start in range(0, len(inputs), batch_size):
-        explanation = explainer(inputs[start : start + batch_size], class_ids=class_ids[start : start + batch_size])
-        base_parts.append(np.asarray(explanation.attributions))
-        var_parts.append(np.asarray(explanation.var))
+        explanation = explainer(
+            inputs[start : start + batch_size], class_ids=class_ids[start : start + batch_size]
+        )
+        base_parts.append(metrics.to_host(explanation.attributions))
+        var_parts.append(metrics.to_host(explanation.var))
         progress(min(start + batch_size, len(inputs)), len(inputs), label)
     return np.concatenate(base_parts), np.concatenate(var_parts)
 
@@ -253,7 +267,9 @@ def imagenet_val_listing(folder: str | os.PathLike[str]) -> tuple[list[pathlib.P
             raise UsageError(f"--imagenet-val {root}: no {name} under it")
         return found
 
-    synsets = [line.split()[0] for line in find("LOC_synset_mapping.txt").read_text().splitlines() if line.strip()]
+    synsets = [
+        line.split()[0] for line in find("LOC_synset_mapping.txt").read_text().splitlines() if line.strip()
+    ]
     index_of = {synset: i for i, synset in enumerate(synsets)}
     files = {p.stem: p for p in root.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png")}
     paths, labels = [], []
@@ -301,14 +317,24 @@ def run_gpg(
         model=os.fspath(model),
         images=list(cells),
         arrangements=[tuple(a) for a in arrangements],  # type: ignore[misc]
-        settings={"temperature": temperature, "tau": tau, "backend": backend, "k": 4,
-                  "score": "positive part of the channel sum, share inside the class's cell"},
+        settings={
+            "temperature": temperature,
+            "tau": tau,
+            "backend": backend,
+            "k": 4,
+            "score": "positive part of the channel sum, share inside the class's cell",
+        },
         example_grid=pixels[0],
     )
     for method in methods:
         explainer = explainer_factory(
-            os.fspath(model), method=method, backend=backend, var=True,
-            temperature=temperature, tau=tau, batch_size=batch_size,
+            os.fspath(model),
+            method=method,
+            backend=backend,
+            var=True,
+            temperature=temperature,
+            tau=tau,
+            batch_size=batch_size,
         )
         started = time.perf_counter()
         base, var = run_method(explainer, inputs, class_ids, batch_size, progress, method)

@@ -11,11 +11,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 
-def channel_sum(attributions: np.ndarray, spatial_ndim: int = 2, has_channels: bool | None = None) -> np.ndarray:
+def to_host(array: Any) -> np.ndarray:
+    """A NumPy array from a NumPy or CuPy one (GPU backends return CuPy arrays)."""
+    if type(array).__module__.split(".")[0] == "cupy":
+        array = array.get()
+    return np.asarray(array)
+
+
+def channel_sum(
+    attributions: np.ndarray, spatial_ndim: int = 2, has_channels: bool | None = None
+) -> np.ndarray:
     """Sum a signed attribution over its channel axis, keeping the sign.
 
     Input-space methods give [..., C, H, W]; CAM methods already give [..., H, W]. Pass

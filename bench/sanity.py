@@ -21,6 +21,7 @@ correlation on the raw magnitudes and SSIM on maps scaled to a maximum of 1.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,6 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import numpy_helper
-
 from varrt.bench import metrics
 from varrt.errors import ModelError
 
@@ -64,7 +64,9 @@ def weight_layers(model: onnx.ModelProto) -> list[Layer]:
         if node.op_type not in LAYER_OPS:
             continue
         if node.op_type == "MatMul":
-            weight = next((n for n in node.input if n in initializers and len(initializers[n].dims) >= 2), None)
+            weight = next(
+                (n for n in node.input if n in initializers and len(initializers[n].dims) >= 2), None
+            )
         else:
             weight = node.input[1] if len(node.input) > 1 and node.input[1] in initializers else None
         if weight is None:
@@ -77,7 +79,9 @@ def weight_layers(model: onnx.ModelProto) -> list[Layer]:
             following = consumers.get(node.output[0], [])
             if len(following) == 1 and following[0].op_type == "Add":
                 bias = next((n for n in following[0].input if n in initializers), None)
-        layers.append(Layer(node=node.name or f"{node.op_type}_{index}", op_type=node.op_type, weight=weight, bias=bias))
+        layers.append(
+            Layer(node=node.name or f"{node.op_type}_{index}", op_type=node.op_type, weight=weight, bias=bias)
+        )
     return layers
 
 
@@ -140,7 +144,11 @@ class SanityResult:
             for index, depth in enumerate(self.depths):
                 rows.append(
                     [method, str(depth)]
-                    + [f"{kinds[kind][measure][index]:.3f}" for measure in ("spearman", "ssim") for kind in ("base", "var")]
+                    + [
+                        f"{kinds[kind][measure][index]:.3f}"
+                        for measure in ("spearman", "ssim")
+                        for kind in ("base", "var")
+                    ]
                 )
         return rows
 
@@ -150,8 +158,8 @@ TABLE_HEADERS = ["method", "layers randomized", "Spearman base", "Spearman VAR",
 
 def top_class_maps(explanation: Any) -> tuple[np.ndarray, np.ndarray]:
     """|map| of the first explained class, base and VAR, [N, H, W]."""
-    base = np.asarray(explanation.attributions)[:, 0]
-    var = np.asarray(explanation.var)[:, 0]
+    base = metrics.to_host(explanation.attributions)[:, 0]
+    var = metrics.to_host(explanation.var)[:, 0]
     has_channels = base.ndim == 4
     return metrics.channel_abs_sum(base, has_channels), metrics.channel_abs_sum(var, has_channels)
 
@@ -160,7 +168,8 @@ def similarities(original: np.ndarray, randomized: np.ndarray) -> dict[str, floa
     """Mean Spearman and SSIM over images; NaN pairs (a constant map) are left out of the mean."""
     rho = [metrics.spearman(a, b) for a, b in zip(original, randomized, strict=True)]
     structural = [
-        metrics.ssim(metrics.unit_scale(a), metrics.unit_scale(b)) for a, b in zip(original, randomized, strict=True)
+        metrics.ssim(metrics.unit_scale(a), metrics.unit_scale(b))
+        for a, b in zip(original, randomized, strict=True)
     ]
     return {
         "spearman": float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"),
@@ -197,36 +206,52 @@ def run_sanity(
     if any(d < 0 or d > len(layers) for d in depths):
         raise ModelError(f"depths must lie in 0..{len(layers)}, got {depths}")
     result = SanityResult(
-        model=os.fspath(model), layers=layers, depths=depths,
-        settings={"seed": seed, "temperature": temperature, "tau": tau, "classes": classes,
-                  "images": int(len(inputs)), "map": "sum over channels of |attribution|, top-1 class"},
+        model=os.fspath(model),
+        layers=layers,
+        depths=depths,
+        settings={
+            "seed": seed,
+            "temperature": temperature,
+            "tau": tau,
+            "classes": classes,
+            "images": int(len(inputs)),
+            "map": "sum over channels of |attribution|, top-1 class",
+        },
     )
-    total = len(methods) * len(depths)
-    done = 0
-    for method in methods:
-        class_ids: np.ndarray | None = None
-        reference: tuple[np.ndarray, np.ndarray] | None = None
-        curves = {kind: {"spearman": [], "ssim": []} for kind in ("base", "var")}
-        step_maps: dict[str, list[np.ndarray]] = {"base": [], "var": []}
-        for depth in depths:
-            graph = original if depth == 0 else randomize_top_layers(original, depth, seed)
-            explainer = explainer_factory(
-                graph, method=method, classes=classes, backend=backend, var=True,
-                temperature=temperature, tau=tau, batch_size=batch_size,
-            )
-            explanation = explainer(inputs, class_ids=class_ids)
-            if class_ids is None:
-                # Fix the original model's classes: every step must explain the same classes.
-                class_ids = np.asarray(explanation.class_ids, dtype=np.int64)
-            maps = top_class_maps(explanation)
-            if reference is None:
-                reference = maps
-            for kind, current, first in zip(("base", "var"), maps, reference, strict=True):
-                for measure, value in similarities(first, current).items():
-                    curves[kind][measure].append(value)
-                step_maps[kind].append(current[0])
-            done += 1
-            progress(done, total, f"{method} depth {depth}")
-        result.similarity[method] = curves
-        result.maps[method] = {kind: np.stack(step_maps[kind]) for kind in ("base", "var")}
+    options = {
+        "classes": classes,
+        "backend": backend,
+        "var": True,
+        "temperature": temperature,
+        "tau": tau,
+        "batch_size": batch_size,
+    }
+    steps_done = 0
+    # Randomized models are throwaway: their explanation graphs go to a temporary cache rather
+    # than the user's, which would otherwise keep one graph per method and depth.
+    with tempfile.TemporaryDirectory(prefix="varrt-sanity-") as scratch:
+        for method in methods:
+            class_ids: np.ndarray | None = None
+            reference: tuple[np.ndarray, np.ndarray] | None = None
+            curves: dict[str, dict[str, list[float]]] = {
+                kind: {"spearman": [], "ssim": []} for kind in ("base", "var")
+            }
+            step_maps: dict[str, list[np.ndarray]] = {"base": [], "var": []}
+            for depth in depths:
+                graph = original if depth == 0 else randomize_top_layers(original, depth, seed)
+                explainer = explainer_factory(graph, method=method, cache_dir=scratch, **options)
+                explanation = explainer(inputs, class_ids=class_ids)
+                if class_ids is None:
+                    # Fix the original model's classes: every step explains the same classes.
+                    class_ids = metrics.to_host(explanation.class_ids).astype(np.int64)
+                maps = top_class_maps(explanation)
+                reference = reference or maps
+                for kind, current, first in zip(("base", "var"), maps, reference, strict=True):
+                    for measure, value in similarities(first, current).items():
+                        curves[kind][measure].append(value)
+                    step_maps[kind].append(current[0])
+                steps_done += 1
+                progress(steps_done, len(methods) * len(depths), f"{method}, {depth} layers randomized")
+            result.similarity[method] = curves
+            result.maps[method] = {kind: np.stack(step_maps[kind]) for kind in ("base", "var")}
     return result

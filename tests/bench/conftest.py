@@ -16,9 +16,12 @@ def tiny_classifier(size: int = TINY_SIZE, classes: int = TINY_CLASSES, seed: in
         return numpy_helper.from_array((rng.normal(size=shape) * scale).astype(np.float32), name)
 
     initializers = [
-        init("conv1.w", 8, 3, 3, 3), init("conv1.b", 8, scale=0.1),
-        init("conv2.w", 8, 8, 3, 3, scale=0.3), init("conv2.b", 8, scale=0.1),
-        init("fc.w", classes, 8), init("fc.b", classes, scale=0.1),
+        init("conv1.w", 8, 3, 3, 3),
+        init("conv1.b", 8, scale=0.1),
+        init("conv2.w", 8, 8, 3, 3, scale=0.3),
+        init("conv2.b", 8, scale=0.1),
+        init("fc.w", classes, 8),
+        init("fc.b", classes, scale=0.1),
     ]
     nodes = [
         helper.make_node("Conv", ["input", "conv1.w", "conv1.b"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
@@ -30,7 +33,8 @@ def tiny_classifier(size: int = TINY_SIZE, classes: int = TINY_CLASSES, seed: in
         helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
         initializers,

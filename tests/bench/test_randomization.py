@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from onnx import numpy_helper
-
 from varrt.bench import sanity
 from varrt.errors import ModelError
 
@@ -15,7 +14,9 @@ def _weights(model):
 def test_weight_layers_in_graph_order(tiny_model):
     layers = sanity.weight_layers(tiny_model)
     assert [(layer.node, layer.weight, layer.bias) for layer in layers] == [
-        ("conv1", "conv1.w", "conv1.b"), ("conv2", "conv2.w", "conv2.b"), ("fc", "fc.w", "fc.b"),
+        ("conv1", "conv1.w", "conv1.b"),
+        ("conv2", "conv2.w", "conv2.b"),
+        ("fc", "fc.w", "fc.b"),
     ]
 
 
@@ -25,7 +26,7 @@ def test_each_step_changes_only_the_top_layers(tiny_model):
     previous = original
     for depth in range(len(layers) + 1):
         current = _weights(sanity.randomize_top_layers(tiny_model, depth, seed=4))
-        randomized = {n for layer in layers[len(layers) - depth:] for n in (layer.weight, layer.bias)}
+        randomized = {n for layer in layers[len(layers) - depth :] for n in (layer.weight, layer.bias)}
         for name, values in original.items():
             assert current[name].shape == values.shape and current[name].dtype == values.dtype
             changed = not np.array_equal(current[name], values)

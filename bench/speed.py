@@ -1,0 +1,311 @@
+"""Speed: latency at batch 1 and throughput at larger batches, per backend and method.
+
+What is timed is one ``Explainer`` call as a user makes it: the explanation graph's run (forward,
+class choice, backward for K classes), VAR on its output and the softmax, with the Explainer's
+batch size equal to the batch so each call is one backend run. Graph export, session creation
+and warm-up calls are not timed. Inputs are seeded random images of the model's input shape
+(speed does not depend on content). Backends that cannot run here are listed with the reason.
+
+When the PyTorch reference is asked for (``torch_reference``, on by default for the demo
+model when torch and captum are installed), ``varrt.bench.speed_reference.run`` times the same
+methods with PyTorch + Captum + VAR in NumPy in the same process, and the report adds the ratio
+reference time / varrt time (above 1: varrt is faster).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from varrt.errors import UsageError
+
+METHODS = (
+    "gradient",
+    "input_x_gradient",
+    "guided_backprop",
+    "integrated_gradients",
+    "smoothgrad",
+    "gradcam",
+    "guided_gradcam",
+)
+REFERENCE_FLOW = "torch+captum"
+
+Progress = Callable[[int, int, str], None]
+
+
+def _no_progress(done: int, total: int, label: str) -> None:
+    del done, total, label
+
+
+def available_backends() -> tuple[list[str], dict[str, str]]:
+    """Backends that can run here, and why each of the others cannot."""
+    from varrt.backends.select import BACKENDS, unavailable_reason
+
+    usable, skipped = [], {}
+    for name in BACKENDS:
+        reason = unavailable_reason(name)
+        if reason is None:
+            usable.append(name)
+        else:
+            skipped[name] = reason
+    return usable, skipped
+
+
+def timed_calls(call: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of ``repeats`` calls after ``warmup`` untimed ones (results forced to the host)."""
+    for _ in range(warmup):
+        _block(call())
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        _block(call())
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def _block(explanation: Any) -> None:
+    # GPU backends return before the device is done; reading one value back waits for it.
+    for array in (getattr(explanation, "var", None), getattr(explanation, "attributions", None)):
+        if array is not None:
+            float(array.ravel()[0])
+            return
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, Any]:
+    milliseconds = [1000.0 * s for s in seconds]
+    return {
+        "median": statistics.median(milliseconds),
+        "p90": float(np.percentile(milliseconds, 90)),
+        "min": min(milliseconds),
+        "samples": len(milliseconds),
+    }
+
+
+def input_shape(model: str | os.PathLike[str]) -> tuple[int, int, int]:
+    from varrt import images
+
+    prep = images.preprocessing_for(model)
+    return (prep.channels, *prep.size)
+
+
+def measure_varrt(
+    model: str | os.PathLike[str],
+    method: str,
+    backend: str,
+    batch_sizes: Sequence[int],
+    *,
+    classes: str,
+    repeats: int,
+    throughput_repeats: int,
+    warmup: int,
+    explainer_factory: Callable[..., Any],
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Latency (batch 1) and throughput (each of ``batch_sizes``) of one method on one backend."""
+    shape = input_shape(model)
+    rng = np.random.default_rng(seed)
+    row: dict[str, Any] = {"flow": backend, "method": method, "throughput": {}, "throughput_seconds": {}}
+    for batch in (1, *batch_sizes):
+        images = rng.standard_normal((batch, *shape), dtype=np.float32)
+        explainer = explainer_factory(
+            os.fspath(model), method=method, classes=classes, backend=backend, batch_size=batch
+        )
+        row["backend_name"] = getattr(explainer, "backend_name", backend)
+        seconds = timed_calls(
+            lambda explainer=explainer, images=images: explainer(images),
+            throughput_repeats if batch > 1 else repeats,
+            warmup,
+        )
+        if batch == 1:
+            row["latency_ms"] = latency_summary(seconds)
+        else:
+            row["throughput"][str(batch)] = batch / statistics.median(seconds)
+            row["throughput_seconds"][str(batch)] = seconds
+        close = getattr(explainer, "close", None)
+        if close is not None:
+            close()
+    return row
+
+
+def reference_available() -> str | None:
+    """None when the PyTorch + Captum reference can run, else why not."""
+    for module in ("torch", "captum", "varrt.bench.speed_reference"):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return f"{module} is not installed"
+    return None
+
+
+def is_demo_model(model: str | os.PathLike[str]) -> bool:
+    from varrt import data
+
+    try:
+        return os.path.samefile(os.fspath(model), data.demo_model_path())
+    except OSError:
+        return False
+
+
+def run_speed(
+    model: str | os.PathLike[str],
+    methods: Sequence[str] = METHODS,
+    backends: Sequence[str] | None = None,
+    batch_sizes: Sequence[int] = (32, 64),
+    *,
+    classes: str = "top4+min",
+    repeats: int = 10,
+    throughput_repeats: int = 3,
+    warmup: int = 1,
+    torch_reference: bool | None = None,
+    explainer_factory: Callable[..., Any] | None = None,
+    progress: Progress = _no_progress,
+) -> dict[str, Any]:
+    """Time every method on every backend (all usable ones by default); the JSON report."""
+    from varrt.classes import parse_classes
+
+    if repeats < 1 or throughput_repeats < 1 or warmup < 0:
+        raise UsageError("--repeats and --throughput-repeats must be at least 1, --warmup at least 0")
+    if any(b < 1 for b in batch_sizes):
+        raise UsageError(f"batch sizes must be positive, got {list(batch_sizes)}")
+    if explainer_factory is None:
+        import varrt
+
+        explainer_factory = varrt.Explainer
+    usable, skipped = available_backends()
+    chosen = list(backends) if backends else usable
+    reference_skipped = None
+    if torch_reference is None:
+        torch_reference = is_demo_model(model) and reference_available() is None
+        if not torch_reference:
+            reference_skipped = reference_available() or "not the demo model (pass --torch-reference)"
+    elif torch_reference and reference_available() is not None:
+        raise UsageError(f"the PyTorch reference cannot run: {reference_available()}")
+    k = parse_classes(classes).k
+    report: dict[str, Any] = {
+        "benchmark": "speed",
+        "model": os.fspath(model),
+        "settings": {
+            "k": k,
+            "classes": classes,
+            "batch_sizes": list(batch_sizes),
+            "repeats": repeats,
+            "throughput_repeats": throughput_repeats,
+            "warmup": warmup,
+            "input_shape": list(input_shape(model)),
+            "cpu_count": os.cpu_count(),
+        },
+        "backends_skipped": skipped,
+        "results": [],
+    }
+    total = len(methods) * (len(chosen) + (1 if torch_reference else 0))
+    done = 0
+    for backend in chosen:
+        for method in methods:
+            progress(done, total, f"{backend} {method}")
+            report["results"].append(
+                measure_varrt(
+                    model,
+                    method,
+                    backend,
+                    batch_sizes,
+                    classes=classes,
+                    repeats=repeats,
+                    throughput_repeats=throughput_repeats,
+                    warmup=warmup,
+                    explainer_factory=explainer_factory,
+                )
+            )
+            done += 1
+            progress(done, total, f"{backend} {method}")
+    if torch_reference:
+        from varrt.bench import speed_reference
+
+        for method in methods:
+            progress(done, total, f"{REFERENCE_FLOW} {method}")
+            report["results"].append(
+                _reference_row(speed_reference, method, batch_sizes, k, repeats, throughput_repeats, warmup)
+            )
+            done += 1
+            progress(done, total, f"{REFERENCE_FLOW} {method}")
+        report["ratios"] = reference_ratios(report["results"])
+    else:
+        report["reference_skipped"] = reference_skipped
+    return report
+
+
+def _reference_row(
+    speed_reference: Any,
+    method: str,
+    batch_sizes: Sequence[int],
+    k: int,
+    repeats: int,
+    throughput_repeats: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """One row in the same format as ``measure_varrt``, from the reference module's ``run``."""
+    measured = speed_reference.run(
+        method=method,
+        batch_sizes=list(batch_sizes),
+        k=k,
+        repeats=repeats,
+        throughput_repeats=throughput_repeats,
+        warmup=warmup,
+    )
+    row = {"flow": REFERENCE_FLOW, "method": method, **measured}
+    row.setdefault("throughput", {})
+    row["throughput"] = {str(b): v for b, v in row["throughput"].items()}
+    return row
+
+
+def reference_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Reference time / varrt time per backend and method (above 1: varrt is faster)."""
+    reference = {row["method"]: row for row in rows if row["flow"] == REFERENCE_FLOW}
+    ratios = []
+    for row in rows:
+        base = reference.get(row["method"])
+        if row["flow"] == REFERENCE_FLOW or base is None:
+            continue
+        entry: dict[str, Any] = {"flow": row["flow"], "method": row["method"]}
+        if "latency_ms" in row and "latency_ms" in base:
+            entry["latency_speedup"] = base["latency_ms"]["median"] / row["latency_ms"]["median"]
+        for batch, rate in row["throughput"].items():
+            if batch in base["throughput"]:
+                entry[f"throughput_speedup_{batch}"] = rate / base["throughput"][batch]
+        ratios.append(entry)
+    return ratios
+
+
+def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the printed speed table (with the reference ratio where there is one)."""
+    batches = [str(b) for b in report["settings"]["batch_sizes"]]
+    ratios = {(r["flow"], r["method"]): r for r in report.get("ratios", [])}
+    headers = ["flow", "method", "latency ms (b=1, median)", "p90"] + [f"img/s b={b}" for b in batches]
+    if ratios:
+        headers += ["ref/varrt latency"] + [f"ref/varrt b={b}" for b in batches]
+    rows = []
+    for row in report["results"]:
+        latency = row.get("latency_ms", {})
+        line = [row["flow"], row["method"], _number(latency.get("median")), _number(latency.get("p90"))]
+        line += [_number(row["throughput"].get(b)) for b in batches]
+        if ratios:
+            ratio = ratios.get((row["flow"], row["method"]), {})
+            line += [_ratio(ratio.get("latency_speedup"))] + [
+                _ratio(ratio.get(f"throughput_speedup_{b}")) for b in batches
+            ]
+        rows.append(line)
+    return headers, rows
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
