@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 from varrt import __version__
-from varrt.backends.base import Backend
+from varrt.backends.base import Backend, tensor_specs
 from varrt.backends.select import choose_backend, create_backend, parse_device
 from varrt.cache import GraphCache, graph_cache_key
 from varrt.classes import ClassSpec, check_class_ids, check_spec_fits, parse_classes
@@ -129,11 +129,10 @@ class Explainer:
         self._backends: dict[str, Backend] = {}
         self.graph_paths: dict[str, Path] = {}
         self._stream: Any = None
+        self.num_classes: int | None = None
         # Build the graph this spec needs now, so errors (bad model, too many classes) surface here.
         main = self._variant_backend(self.spec.rule or _FED)
         self.input_name = next(spec.name for spec in main.inputs if spec.name != "class_ids")
-        self.num_classes = _num_classes(main)
-        check_spec_fits(self.spec, self.num_classes)
 
     # --- public -----------------------------------------------------------------------------------
     def __call__(self, images: Any, class_ids: Any = None) -> Explanation:
@@ -227,6 +226,11 @@ class Explainer:
             backend = self._backends.get(variant)
             if backend is None:
                 graph = self._graph(variant)
+                if self.num_classes is None:
+                    self.num_classes = _num_classes(graph)
+                # Before the backend loads: a TopK asking for more classes than exist fails there
+                # with a far less readable message.
+                check_spec_fits(self.spec, self.num_classes)
                 backend = create_backend(
                     self.backend_name,
                     graph,
@@ -313,8 +317,8 @@ def _read_model(model: Any) -> tuple[str | onnx.ModelProto, bytes]:
     raise UsageError(f"model must be an ONNX file path or an onnx.ModelProto, not {type(model).__name__}")
 
 
-def _num_classes(backend: Backend) -> int | None:
-    logits = next((spec for spec in backend.outputs if spec.name == "logits"), None)
+def _num_classes(graph: onnx.ModelProto) -> int | None:
+    logits = next((spec for spec in tensor_specs(graph.graph.output) if spec.name == "logits"), None)
     if logits is None:
         raise ModelError("the explanation graph has no 'logits' output")
     last = logits.shape[-1] if logits.shape else None
