@@ -169,7 +169,9 @@ class Backend:
         for spec in self.inputs:
             array = feeds[spec.name]
             if not hasattr(array, "dtype") or not hasattr(array, "shape"):
-                raise UsageError(f"{self.name}: input {spec.name!r} must be an array, got {type(array).__name__}")
+                raise UsageError(
+                    f"{self.name}: input {spec.name!r} must be an array, got {type(array).__name__}"
+                )
             if array.dtype != spec.dtype:
                 raise UsageError(f"{self.name}: input {spec.name!r} must be {spec.dtype}, got {array.dtype}")
             if len(array.shape) != len(spec.shape):
