@@ -1,8 +1,617 @@
-"""The `varrt` command line."""
+"""The ``varrt`` command line: ``varrt demo``, ``varrt explain``, ``varrt export`` (and ``bench``).
 
+Every failure varrt can explain is one line on stderr, ``varrt: error: <message>``, and exit
+status ``error.exit_code`` (2 for usage errors, 1 otherwise); ``--debug`` adds the traceback.
+
+>>> from varrt.cli import main
+>>> main(["demo", "--out", "varrt-demo"])                  # doctest: +SKIP
+0
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
 import sys
+import tempfile
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from varrt import __version__
+from varrt.errors import UsageError, VarrtError
+
+# The methods the design names; `varrt.export.METHODS` is the authority once it can be imported.
+_KNOWN_METHODS = (
+    "gradient",
+    "input_x_gradient",
+    "guided_backprop",
+    "integrated_gradients",
+    "smoothgrad",
+    "gradcam",
+    "guided_gradcam",
+)
+_BACKENDS = ("auto", "onnxruntime", "onnxruntime-cpu", "cuda", "onnxruntime-cuda", "tensorrt")
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+# Protos past this size cannot be serialized as one message (protobuf's 2 GB limit): weights go
+# to an external data file beside the graph.
+_EXTERNAL_DATA_BYTES = int(1.8 * 1024**3)
+DEMO_OUT = "varrt-demo"
+
+Run = Callable[[argparse.Namespace], "int | None"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    print("varrt: commands are being built", file=sys.stderr)
-    return 2
+# --- helpers shared by the subcommands ------------------------------------------------------------
+def _methods() -> tuple[str, ...]:
+    try:
+        from varrt import export
+
+        return tuple(getattr(export, "METHODS", _KNOWN_METHODS))
+    except Exception:  # help must render even when the exporter cannot be imported
+        return _KNOWN_METHODS
+
+
+def parse_class_spec(text: str) -> str | int | list[int]:
+    """CLI class spec: ``top4+min``, ``top3``, ``3`` (= top3) or ids ``281,285``."""
+    text = text.strip()
+    if "," in text:
+        try:
+            return [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise UsageError(
+                f"--classes {text!r}: a list of class ids must be integers, e.g. 281,285"
+            ) from None
+    if text.isdigit():
+        return int(text)
+    return text
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` that replaces it only once the block succeeds.
+
+    Readers never see a half-written file, and an interrupted run leaves the old file intact.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _collect_images(items: Sequence[str]) -> list[Path]:
+    """Image files from the arguments; a directory contributes its image files, sorted."""
+    paths: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise VarrtError(f"no image files (png, jpg...) in directory {path}")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise VarrtError(f"no such image file: {path}")
+    if not paths:
+        raise UsageError("no images given")
+    return paths
+
+
+def _output_stems(paths: Sequence[Path]) -> list[str]:
+    """One output name per input: its stem, numbered when two inputs share one (a/x.jpg, b/x.png)."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        count = seen.get(path.stem, 0) + 1
+        seen[path.stem] = count
+        stems.append(path.stem if count == 1 else f"{path.stem}_{count}")
+    return stems
+
+
+def _read_labels(spec: str | None, model: Path) -> list[str] | None:
+    """Class names from ``--labels FILE`` or ``imagenet``; else ImageNet's if the model says so."""
+    from varrt import data
+
+    if spec is None:
+        from varrt.images import _as_model
+
+        metadata = {p.key: p.value for p in _as_model(model).metadata_props}
+        return list(data.imagenet_labels()) if metadata.get("varrt.labels") == "imagenet" else None
+    if spec == "imagenet":
+        return list(data.imagenet_labels())
+    try:
+        return Path(spec).read_text(encoding="utf-8").splitlines()
+    except OSError as error:
+        raise VarrtError(f"cannot read labels file {spec}: {error.strerror or error}") from None
+
+
+def _numpy(array: Any) -> Any:
+    """Host copy of a backend array (CuPy arrays have ``get``); None stays None."""
+    if array is None:
+        return None
+    getter = getattr(array, "get", None)
+    return np.asarray(getter() if callable(getter) else array)
+
+
+# --- explain / demo -------------------------------------------------------------------------------
+@dataclass
+class ExplainJob:
+    """Everything ``varrt explain`` (and ``varrt demo``) needs to run."""
+
+    model: Path
+    images: list[Path]
+    out: Path
+    method: str = "guided_backprop"
+    classes: str | int | list[int] = "top4+min"
+    backend: str = "auto"
+    device: str = "auto"
+    batch_size: int = 8
+    preset: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    size: tuple[int, int] | None = None
+    labels: str | None = None
+    var: bool = True
+    temperature: float = 10.0
+    tau: float = 0.01
+    overlays: bool = True
+    quiet: bool = False
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+
+def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
+    """Explain every image of ``job``: per image ``<stem>.npz`` and ``<stem>.png`` in ``job.out``.
+
+    Returns one summary per image (file, outputs, top class); prints a line per image and where
+    the outputs are unless ``job.quiet``.
+    """
+    from varrt.explainer import Explainer
+    from varrt.images import iter_batches, preprocessing_for
+    from varrt.overlay import explanation_figure, short_label
+    from varrt.progress import Progress
+
+    stdout = stdout if stdout is not None else sys.stdout
+    if not job.model.is_file():
+        raise VarrtError(f"no such model file: {job.model}")
+    prep = preprocessing_for(job.model, preset_name=job.preset, mean=job.mean, std=job.std, size=job.size)
+    labels = _read_labels(job.labels, job.model)
+    explainer = Explainer(
+        str(job.model),
+        method=job.method,
+        classes=job.classes,
+        backend=job.backend,
+        device=job.device,
+        var=job.var,
+        temperature=job.temperature,
+        tau=job.tau,
+        batch_size=job.batch_size,
+        **job.method_options,
+    )
+    job.out.mkdir(parents=True, exist_ok=True)
+    stems = iter(_output_stems(job.images))
+
+    def name_of(class_id: int) -> str:
+        return labels[class_id] if labels is not None and class_id < len(labels) else f"class {class_id}"
+
+    summaries: list[dict[str, Any]] = []
+    with Progress(len(job.images), label=job.method, enabled=False if job.quiet else None) as bar:
+        for batch in iter_batches(job.images, prep, job.batch_size):
+            explanation = explainer(batch.inputs)
+            class_ids = _numpy(explanation.class_ids).astype(np.int64)
+            logits = _numpy(explanation.logits)
+            probabilities = _numpy(explanation.probabilities)
+            attributions = _numpy(explanation.attributions)
+            var = _numpy(explanation.var)
+            for i, source in enumerate(batch.paths):
+                stem = next(stems)
+                ids = class_ids[i]
+                class_probabilities = probabilities[i][ids]
+                names = [name_of(int(c)) for c in ids]
+                arrays = {
+                    "class_ids": ids,
+                    "class_names": np.array(names),
+                    "probabilities": class_probabilities.astype(np.float32),
+                    "logits": logits[i].astype(np.float32),
+                    "attributions": attributions[i].astype(np.float32),
+                }
+                if var is not None:
+                    arrays["var"] = var[i].astype(np.float32)
+                npz_path = job.out / f"{stem}.npz"
+                with atomic_path(npz_path) as temporary, open(temporary, "wb") as handle:
+                    np.savez(handle, **arrays)
+                outputs = [npz_path]
+                if job.overlays:
+                    figure = explanation_figure(
+                        batch.pixels[i],
+                        attributions[i],
+                        None if var is None else var[i],
+                        names,
+                        class_probabilities,
+                        method=job.method,
+                        title=f"{Path(source).name}: {job.method}",
+                    )
+                    png_path = job.out / f"{stem}.png"
+                    with atomic_path(png_path) as temporary:
+                        figure.save(temporary, format="PNG")
+                    outputs.append(png_path)
+                top = int(np.argmax(probabilities[i]))
+                summary = {
+                    "image": source,
+                    "outputs": outputs,
+                    "top_class": top,
+                    "top_name": name_of(top),
+                    "top_probability": float(probabilities[i][top]),
+                }
+                summaries.append(summary)
+                bar.update(1, note=Path(source).name)
+    if not job.quiet:
+        for summary in summaries:
+            print(
+                f"{Path(summary['image']).name}: {short_label(summary['top_name'])} "
+                f"(p={summary['top_probability']:.2f}) -> {', '.join(p.name for p in summary['outputs'])}",
+                file=stdout,
+            )
+        kinds = "explanations (.npz) and overlays (.png)" if job.overlays else "explanations (.npz)"
+        print(
+            f"varrt: {len(summaries)} {kinds} from {job.method}"
+            f"{' + VAR' if job.var else ''} on {explainer.backend_name} in {job.out.resolve()}",
+            file=stdout,
+        )
+    return summaries
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options given on the command line (absent ones keep the exporter's defaults)."""
+    names = ("layer", "steps", "baseline", "samples", "noise")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    job = ExplainJob(
+        model=Path(args.model),
+        images=_collect_images(args.images),
+        out=Path(args.out),
+        method=args.method,
+        classes=parse_class_spec(args.classes),
+        backend=args.backend,
+        device=args.device,
+        batch_size=args.batch_size,
+        preset=args.preset,
+        mean=args.mean,
+        std=args.std,
+        size=_size(args.size),
+        labels=args.labels,
+        var=not args.no_var,
+        temperature=args.temperature,
+        tau=args.tau,
+        overlays=not args.no_overlays,
+        quiet=args.quiet,
+        method_options=_method_options(args),
+    )
+    run_explain(job)
+    return 0
+
+
+def _size(values: list[int] | None) -> tuple[int, int] | None:
+    if not values:
+        return None
+    if len(values) > 2 or min(values) < 1:
+        raise UsageError("--size takes one or two positive integers: SIZE or HEIGHT WIDTH")
+    return (values[0], values[-1])
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from varrt import data
+
+    job = ExplainJob(
+        model=data.demo_model_path(),
+        images=data.demo_images(),
+        out=Path(args.out),
+        method=args.method,
+        classes="top4+min",
+        backend=args.backend,
+        device=args.device,
+        batch_size=args.batch_size,
+        quiet=args.quiet,
+    )
+    run_explain(job)
+    return 0
+
+
+# --- export ---------------------------------------------------------------------------------------
+def save_model(proto: Any, path: Path) -> None:
+    """Write an ONNX model atomically; weights go to ``<name>.data`` beside it past 1.8 GB."""
+    import onnx
+
+    external = proto.ByteSize() > _EXTERNAL_DATA_BYTES
+    with atomic_path(path) as temporary:
+        if external:
+            onnx.save_model(
+                proto,
+                str(temporary),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                # Relative to the model file, so the final name (not the temporary's) is used.
+                location=f"{path.name}.data",
+            )
+        else:
+            onnx.save_model(proto, str(temporary))
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from varrt import export
+
+    model = Path(args.model)
+    if not model.is_file():
+        raise VarrtError(f"no such model file: {model}")
+    options = _method_options(args)
+    if args.classes is not None:
+        options["classes"] = parse_class_spec(args.classes)
+    if args.var:
+        options.update(var=True, temperature=args.temperature, tau=args.tau)
+    proto = export.explain_graph(str(model), method=args.method, **options)
+    out = Path(args.output)
+    save_model(proto, out)
+    outputs = ", ".join(value.name for value in proto.graph.output)
+    print(f"varrt: wrote {out} ({args.method}; outputs: {outputs})")
+    return 0
+
+
+# --- parsers --------------------------------------------------------------------------------------
+def _common_parent() -> argparse.ArgumentParser:
+    # --debug is accepted after the subcommand too; SUPPRESS keeps the top-level value otherwise.
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of errors"
+    )
+    return parent
+
+
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("method options (defaults: the exporter's)")
+    group.add_argument(
+        "--layer",
+        help="gradcam/guided_gradcam: the feature map to use (a value name; default: the last 4-D one)",
+    )
+    group.add_argument("--steps", type=int, help="integrated_gradients: interpolation steps (default 32)")
+    group.add_argument(
+        "--baseline", type=float, help="integrated_gradients: baseline pixel value (default 0.0)"
+    )
+    group.add_argument("--samples", type=int, help="smoothgrad: noisy samples per image (default 16)")
+    group.add_argument(
+        "--noise", type=float, help="smoothgrad: noise std as a fraction of the input range (default 0.15)"
+    )
+
+
+def _method_help(default: str | None) -> str:
+    suffix = f" (default {default})" if default else ""
+    return f"attribution method: {', '.join(_methods())}{suffix}"
+
+
+def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    """``varrt explain MODEL IMAGES...``."""
+    parser = subparsers.add_parser(
+        "explain",
+        parents=[parent],
+        help="explain an ONNX classifier's predictions on images (npz + PNG overlays)",
+        description=(
+            "Explain an ONNX image classifier on images: for each image, attributions for K classes "
+            "and their VAR maps go to OUT/<name>.npz (class_ids, class_names, probabilities, logits, "
+            "attributions, var) and OUT/<name>.png (the photo, then per class the base map and the "
+            "VAR map side by side). Input-space maps are shown as the sum of absolute values over "
+            "channels, scaled by their 99th percentile."
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier (input [N, C, H, W])")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files, or directories of them")
+    parser.add_argument(
+        "--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)"
+    )
+    parser.add_argument("--method", "-m", default="guided_backprop", help=_method_help("guided_backprop"))
+    parser.add_argument(
+        "--classes",
+        default="top4+min",
+        metavar="SPEC",
+        help="classes to explain per image: topK, topK+min (K most likely + least likely), "
+        "K (= topK) or class ids 281,285 (default top4+min)",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=_BACKENDS,
+        metavar="NAME",
+        help=f"runtime backend: {', '.join(_BACKENDS)} (default auto)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (default 8)")
+    prep = parser.add_argument_group(
+        "preprocessing (default: the model's metadata, else imagenet; resize shorter side to size/0.875, "
+        "centre crop)"
+    )
+    prep.add_argument(
+        "--preset",
+        choices=("imagenet", "inception", "none"),
+        help="pixel normalisation: imagenet mean/std, inception (x-0.5)/0.5, none (0..1 pixels)",
+    )
+    prep.add_argument("--mean", type=float, nargs="+", metavar="M", help="per-channel mean on 0..1 pixels")
+    prep.add_argument("--std", type=float, nargs="+", metavar="S", help="per-channel std on 0..1 pixels")
+    prep.add_argument(
+        "--size",
+        type=int,
+        nargs="+",
+        metavar="PX",
+        help="input size SIZE or HEIGHT WIDTH, for models whose input size is not fixed (default 224)",
+    )
+    parser.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names, one per line (line i = class i), or 'imagenet' (default: ImageNet's when "
+        "the model's metadata says so, else class ids)",
+    )
+    var = parser.add_argument_group("VAR")
+    var.add_argument("--no-var", action="store_true", help="skip VAR: base attributions only")
+    var.add_argument("--temperature", type=float, default=10.0, help="VAR softmax temperature T (default 10)")
+    var.add_argument("--tau", type=float, default=0.01, help="VAR threshold tau on M_k - 1/K (default 0.01)")
+    parser.add_argument("--no-overlays", action="store_true", help="write only the .npz files, no PNGs")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
+    _add_method_options(parser)
+    parser.set_defaults(run=_run_explain)
+
+
+def add_demo_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    """``varrt demo``."""
+    parser = subparsers.add_parser(
+        "demo",
+        parents=[parent],
+        help="explain the bundled photos with the bundled EfficientNet-Lite0 (no download)",
+        description=(
+            "Run varrt end to end on what ships with it: the EfficientNet-Lite0 ImageNet model and "
+            "three photos (a cat, a coffee cup, a rocket), guided backprop + VAR for the 4 most "
+            "likely classes and the least likely one. Writes <photo>.npz and <photo>.png to --out "
+            "and prints each photo's top class and where the files are."
+        ),
+    )
+    parser.add_argument(
+        "--out", "-o", default=DEMO_OUT, metavar="DIR", help=f"output directory (default ./{DEMO_OUT})"
+    )
+    parser.add_argument("--method", "-m", default="guided_backprop", help=_method_help("guided_backprop"))
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=_BACKENDS,
+        metavar="NAME",
+        help=f"runtime backend: {', '.join(_BACKENDS)} (default auto)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per batch (default 4)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
+    parser.set_defaults(run=_run_demo)
+
+
+def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    """``varrt export MODEL -o OUT --method M``."""
+    parser = subparsers.add_parser(
+        "export",
+        parents=[parent],
+        help="write an explanation graph: the model plus per-class attributions (ONNX)",
+        description=(
+            "Rewrite an ONNX classifier into an explanation graph. Inputs: the model's own, plus "
+            "class_ids int64 [N, K]. Outputs: logits [N, classes], attributions [N, K, C, H, W] "
+            "([N, K, H, W] for CAM methods) and, with --var, var_attributions. The graph uses standard "
+            "ONNX ops only, for ONNX Runtime and TensorRT."
+        ),
+    )
+    parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier")
+    parser.add_argument("--output", "-o", required=True, metavar="OUT.onnx", help="where to write the graph")
+    parser.add_argument("--method", "-m", required=True, help=_method_help(None))
+    parser.add_argument(
+        "--classes",
+        metavar="SPEC",
+        help="choose classes inside the graph: topK, topK+min, K or ids 281,285 (default: fed through "
+        "the class_ids input)",
+    )
+    parser.add_argument(
+        "--var", action="store_true", help="also output var_attributions (VAR inside the graph)"
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=10.0, help="VAR softmax temperature T (default 10)"
+    )
+    parser.add_argument("--tau", type=float, default=0.01, help="VAR threshold tau (default 0.01)")
+    _add_method_options(parser)
+    parser.set_defaults(run=_run_export)
+
+
+def _optional(module: str) -> Callable[[Any, argparse.ArgumentParser], None]:
+    """A registration from ``module.add_parser(subparsers)``, skipped while the module is absent."""
+
+    def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+        try:
+            found = importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name is not None and module.startswith(error.name):
+                return  # not written yet
+            raise
+        add_parser = getattr(found, "add_parser", None)
+        if callable(add_parser):
+            add_parser(subparsers)
+
+    return register
+
+
+# The subcommands, in help order. Each entry adds one subparser that sets `run` (a function of
+# the parsed arguments returning an exit status); adding a subcommand is one line here.
+SUBCOMMANDS: tuple[Callable[[Any, argparse.ArgumentParser], None], ...] = (
+    add_demo_parser,
+    add_explain_parser,
+    add_export_parser,
+    _optional("varrt.bench.cli"),  # `varrt bench`: add_parser(subparsers) sets its own `run`
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``varrt`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="varrt",
+        description=(
+            "Class-relevant saliency maps (VAR) for any ONNX image classifier, on ONNX Runtime or "
+            "TensorRT, without PyTorch. Start with `varrt demo`."
+        ),
+        epilog="Run `varrt COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"varrt {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", default=False, help="show the full traceback of errors"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    parent = _common_parent()
+    for register in SUBCOMMANDS:
+        register(subparsers, parent)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``varrt`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Run | None = getattr(args, "run", None)
+    if run is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        status = run(args)
+        return 0 if status is None else int(status)
+    except VarrtError as error:
+        return _report(error, str(error), error.exit_code, args.debug)
+    except KeyboardInterrupt:
+        print("varrt: interrupted", file=sys.stderr)
+        return 130
+    except OSError as error:
+        # Disk full, permission denied on --out...: a user problem, reported like one.
+        where = f": {error.filename}" if error.filename else ""
+        return _report(error, f"{error.strerror or error}{where}", 1, args.debug)
+    except Exception as error:
+        message = f"internal error ({type(error).__name__}: {error}); run with --debug for the traceback"
+        return _report(error, message, 1, args.debug)
+
+
+def _report(error: BaseException, message: str, status: int, debug: bool) -> int:
+    if debug:
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    first_line = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    print(f"varrt: error: {first_line}", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
