@@ -31,9 +31,9 @@ CPU_CASES = [  # (N, K, trailing shape)
     (1, 5, (3, 224, 224)),
     (8, 5, (3, 224, 224)),
     (64, 5, (3, 224, 224)),
-    (8, 4, (224, 224)),  # CAMs at input resolution, grid pointing game K
+    (8, 4, (224, 224)),       # CAMs at input resolution, grid pointing game K
     (32, 10, (3, 64, 64)),
-    (256, 5, (7, 7)),  # small planes: per-call overheads dominate
+    (256, 5, (7, 7)),         # small planes: per-call overheads dominate
 ]
 GPU_CASES = [  # (N, K, trailing shape, dtype)
     (64, 5, (3, 224, 224), "float32"),
@@ -42,7 +42,7 @@ GPU_CASES = [  # (N, K, trailing shape, dtype)
     (64, 4, (224, 224), "float32"),
     (16, 16, (3, 224, 224), "float32"),
     (16, 32, (3, 112, 112), "float32"),
-    (8, 100, (3, 64, 64), "float32"),  # K > 64: the re-reading loop kernel
+    (8, 100, (3, 64, 64), "float32"),   # K > 64: the re-reading loop kernel
     (64, 5, (3, 223, 223), "float32"),  # odd plane: scalar (non-vector) path
 ]
 
@@ -64,9 +64,8 @@ def ort_session(trailing: tuple[int, ...], opset: int = 17) -> Any:
     import onnxruntime as ort
     from onnx_ir.tape import Tape
 
-    x = ir.Value(
-        name="attributions", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape(["N", "K", *trailing])
-    )
+    x = ir.Value(name="attributions", type=ir.TensorType(ir.DataType.FLOAT),
+                 shape=ir.Shape(["N", "K", *trailing]))
     graph = ir.Graph([x], [], nodes=[], opset_imports={"": opset}, name="var")
     y = append_var(Tape(graph), x, temperature=TEMPERATURE, tau=TAU, opset=opset)
     y.name = "var_attributions"
@@ -84,19 +83,9 @@ def bench_cpu(repeat: int, quick: bool) -> list[dict[str, Any]]:
         numpy_s = median_seconds(partial(var_maps, a, TEMPERATURE, TAU), repeat)
         ort_s = median_seconds(partial(session.run, None, {"attributions": a}), repeat)
         agree = float(np.abs(session.run(None, {"attributions": a})[0] - var_maps(a)).max())
-        rows.append(
-            {
-                "N": n,
-                "K": k,
-                "shape": list(trailing),
-                "dtype": "float32",
-                "MB": a.nbytes / 1e6,
-                "numpy_ms": numpy_s * 1e3,
-                "ort_ms": ort_s * 1e3,
-                "ort_over_numpy": ort_s / numpy_s,
-                "max_abs_diff": agree,
-            }
-        )
+        rows.append({"N": n, "K": k, "shape": list(trailing), "dtype": "float32", "MB": a.nbytes / 1e6,
+                     "numpy_ms": numpy_s * 1e3, "ort_ms": ort_s * 1e3, "ort_over_numpy": ort_s / numpy_s,
+                     "max_abs_diff": agree})
     return rows
 
 
@@ -182,42 +171,28 @@ def bench_gpu(repeat: int, quick: bool) -> dict[str, Any]:
         moved = 2 * x.nbytes  # one read and one write of the tensor
         # into a preallocated output, so only the kernel is timed, not the pool allocation
         kernel_ms = cuda_median_ms(cp, partial(var_maps_cupy, x, TEMPERATURE, TAU, out=out), repeat)
-        copy_ms = cuda_median_ms(cp, partial(copy_dst.data.copy_from_device, x.data, x.nbytes), repeat)
+        copy_ms = cuda_median_ms(cp, partial(copy_dst.data.copy_from_device, x.data, x.nbytes),
+                                 repeat)
         cupy_ms = cuda_median_ms(cp, partial(cupy_formula, cp, x), repeat)
         diff = float(cp.abs(cupy_formula(cp, x).astype(cp.float32) - var_maps(x).astype(cp.float32)).max())
-        row = {
-            "N": n,
-            "K": k,
-            "shape": list(trailing),
-            "dtype": dtype,
-            "MB": x.nbytes / 1e6,
-            "kernel_ms": kernel_ms,
-            "kernel_GBps": moved / kernel_ms / 1e6,
-            "copy_ms": copy_ms,
-            "copy_GBps": moved / copy_ms / 1e6,
-            "kernel_over_copy": kernel_ms / copy_ms,
-            "cupy_ops_ms": cupy_ms,
-            "cupy_ops_over_kernel": cupy_ms / kernel_ms,
-            "cupy_ops_max_abs_diff": diff,
-        }
+        row = {"N": n, "K": k, "shape": list(trailing), "dtype": dtype, "MB": x.nbytes / 1e6,
+               "kernel_ms": kernel_ms, "kernel_GBps": moved / kernel_ms / 1e6,
+               "copy_ms": copy_ms, "copy_GBps": moved / copy_ms / 1e6,
+               "kernel_over_copy": kernel_ms / copy_ms,
+               "cupy_ops_ms": cupy_ms, "cupy_ops_over_kernel": cupy_ms / kernel_ms,
+               "cupy_ops_max_abs_diff": diff}
         torch_row = torch_part(cp, x, repeat)
         if "ms" in torch_row:
-            row.update(
-                torch_ms=torch_row["ms"],
-                torch_over_kernel=torch_row["ms"] / kernel_ms,
-                torch_max_abs_diff=torch_row["max_abs_diff"],
-            )
+            row.update(torch_ms=torch_row["ms"], torch_over_kernel=torch_row["ms"] / kernel_ms,
+                       torch_max_abs_diff=torch_row["max_abs_diff"])
         else:
             row["torch"] = torch_row["skipped"]
         rows.append(row)
         del x, out, copy_dst
         cp.get_default_memory_pool().free_all_blocks()
     name = props["name"]
-    return {
-        "device": name.decode() if isinstance(name, bytes) else str(name),
-        "module": module_origin(),
-        "rows": rows,
-    }
+    return {"device": name.decode() if isinstance(name, bytes) else str(name),
+            "module": module_origin(), "rows": rows}
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -231,9 +206,8 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m varrt.bench.var_speed", description=(__doc__ or "").splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m varrt.bench.var_speed",
+                                     description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--out", help="write the JSON here instead of stdout")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs per measurement (median)")
     parser.add_argument("--quick", action="store_true", help="only the first cases")
@@ -243,44 +217,19 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     result: dict[str, Any] = {
-        "host": {
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "onnxruntime": onnxruntime.__version__,
-        },
-        "temperature": TEMPERATURE,
-        "tau": TAU,
-        "repeat": args.repeat,
+        "host": {"machine": platform.machine(), "python": platform.python_version(),
+                 "numpy": np.__version__, "onnxruntime": onnxruntime.__version__},
+        "temperature": TEMPERATURE, "tau": TAU, "repeat": args.repeat,
         "cpu": bench_cpu(args.repeat, args.quick),
         "gpu": {"skipped": "--no-gpu"} if args.no_gpu else bench_gpu(args.repeat, args.quick),
     }
-    print(
-        "CPU (median ms):\n"
-        + _table(result["cpu"], ["N", "K", "shape", "MB", "numpy_ms", "ort_ms", "ort_over_numpy"]),
-        file=sys.stderr,
-    )
+    print("CPU (median ms):\n" + _table(result["cpu"], ["N", "K", "shape", "MB", "numpy_ms", "ort_ms",
+                                                         "ort_over_numpy"]), file=sys.stderr)
     gpu = result["gpu"]
     if "rows" in gpu:
-        print(
-            f"GPU {gpu['device']} ({gpu['module']}), median ms / GB/s:\n"
-            + _table(
-                gpu["rows"],
-                [
-                    "N",
-                    "K",
-                    "shape",
-                    "dtype",
-                    "kernel_ms",
-                    "kernel_GBps",
-                    "copy_GBps",
-                    "kernel_over_copy",
-                    "cupy_ops_over_kernel",
-                    "torch_over_kernel",
-                ],
-            ),
-            file=sys.stderr,
-        )
+        print(f"GPU {gpu['device']} ({gpu['module']}), median ms / GB/s:\n" + _table(
+            gpu["rows"], ["N", "K", "shape", "dtype", "kernel_ms", "kernel_GBps", "copy_GBps",
+                          "kernel_over_copy", "cupy_ops_over_kernel", "torch_over_kernel"]), file=sys.stderr)
     else:
         print(f"GPU part skipped: {gpu['skipped']}", file=sys.stderr)
     text = json.dumps(result, indent=2)
