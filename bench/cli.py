@@ -1,6 +1,6 @@
 """``varrt bench``: the benchmark subcommands (gpg, sanity, speed, deletion).
 
-``varrt.cli`` calls ``add_parser(subparsers)``; each subcommand sets ``func``, which takes the
+``varrt.cli`` calls ``add_parser(subparsers)``; each subcommand sets ``run``, which takes the
 parsed arguments and returns an exit code. Every subcommand prints a table, writes a JSON report
 and PNG plots into ``--out``, and raises ``UsageError`` / ``VarrtError`` for bad input, which the
 CLI prints as one line. ``main(argv)`` runs the group on its own (``python -m varrt.bench.cli``).
@@ -261,7 +261,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="--imagenet-val: classify N random validation images to draw grids from (default: 8 x --limit)",
     )
     _var_options(p)
-    p.set_defaults(func=run_gpg_command)
+    p.set_defaults(run=run_gpg_command)
 
     p = commands.add_parser(
         "sanity",
@@ -301,7 +301,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="class rule of the original model's explanation, fixed for all steps (default: %(default)s)",
     )
     _var_options(p)
-    p.set_defaults(func=run_sanity_command)
+    p.set_defaults(run=run_sanity_command)
 
     p = commands.add_parser(
         "speed",
@@ -351,7 +351,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_false",
         help="skip the PyTorch reference",
     )
-    p.set_defaults(func=run_speed_command)
+    p.set_defaults(run=run_speed_command)
 
     try:
         from varrt.bench import insertion_deletion
@@ -508,7 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        return int(args.run(args))
     except VarrtError as error:
         print(f"varrt: error: {error}", file=sys.stderr)
         return error.exit_code
