@@ -1,0 +1,339 @@
+"""explain_graph: a classifier in, its explanation graph out (the contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes import common as ir_passes
+from varrt.errors import ModelError, UsageError
+from varrt.export.autodiff import backward
+from varrt.export.emitter import Emitter
+from varrt.export.methods import METHOD_TABLE, METHODS, Method
+from varrt.export.model_loading import Classifier, load_classifier, read_model
+from varrt.export.rules.context import Context
+from varrt.export.rules.separable import probe_matrix, separable_vjp
+
+RESERVED_INPUTS = ("class_ids",)
+RESERVED_OUTPUTS = ("logits", "attributions", "var_attributions", "class_ids")
+
+
+def explain_graph(
+    model: str | os.PathLike | onnx.ModelProto,
+    method: str = "gradient",
+    *,
+    layer: str | None = None,
+    steps: int = 32,
+    baseline: float = 0.0,
+    samples: int = 16,
+    noise: float = 0.15,
+    var: bool = False,
+    temperature: float = 10.0,
+    tau: float = 0.01,
+    classes: str | None = None,
+    seed: int = 0,
+) -> onnx.ModelProto:
+    """Rewrite an ONNX classifier into a graph that also returns per-class attributions.
+
+    The result has the model's own image input plus ``class_ids`` int64 [N, K] (or, with
+    ``classes="top4+min"`` / ``"topK"``, no such input and a ``class_ids`` output chosen in the
+    graph from its own logits), and the outputs ``logits`` [N, num_classes] (pre-softmax),
+    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for ``gradcam``) and, with
+    ``var=True``, ``var_attributions``. Only standard ONNX ops are emitted.
+
+    >>> import onnxruntime as ort
+    >>> graph = explain_graph("model.onnx", method="guided_backprop")        # doctest: +SKIP
+    >>> session = ort.InferenceSession(graph.SerializeToString())            # doctest: +SKIP
+    >>> logits, maps = session.run(None, {"input": images, "class_ids": ids})  # doctest: +SKIP
+    """
+    if method not in METHOD_TABLE:
+        raise UsageError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
+    name = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
+    proto = read_model(model)
+    if {o.name for o in proto.graph.output} >= {"logits", "attributions"}:
+        raise UsageError(f"{name}: is already an explanation graph (it has 'attributions')")
+    clf = load_classifier(proto, name)
+    spec = METHOD_TABLE[method]
+    builder = _Builder(clf, spec, seed)
+    outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
+                            classes=classes)
+    if var:
+        from varrt.kernels.var_graph import append_var
+
+        outputs["var_attributions"] = append_var(builder.em.tape, outputs["attributions"],
+                                                 temperature=temperature, tau=tau, opset=clf.opset)
+    options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
+                   var=var, temperature=temperature, tau=tau, classes=classes)
+    return _finish(clf, outputs, options)
+
+
+def _check_options(**values: float) -> None:
+    for key in ("steps", "samples"):
+        if int(values[key]) < 1:
+            raise UsageError(f"--{key} must be at least 1 (got {values[key]})")
+    if values["noise"] < 0 or values["temperature"] <= 0:
+        raise UsageError("--noise must be >= 0 and --temperature > 0")
+
+
+class _Builder:
+    """Emits one explanation into the classifier's graph."""
+
+    def __init__(self, clf: Classifier, spec: Method, seed: int):
+        self.clf, self.spec, self.seed = clf, spec, seed
+        self.graph = clf.model.graph
+        _rename_reserved(self.graph)
+        self.em = Emitter(self.graph, clf.opset)
+        self.image = clf.data_input
+        self.wrt = clf.data_input  # what the backward differentiates: the batched image, if batched
+
+    def build(self, *, layer, steps, baseline, samples, noise, classes) -> dict[str, ir.Value]:
+        em, spec = self.em, self.spec
+        image = self.image
+        blocks, block_weights = 1, np.ones(1)
+        if spec.batching:
+            blocks, block_weights = self._batch_image(spec.batching, steps, baseline, samples, noise)
+        logits_all = self.logits_all = self._logits_2d()
+        logits = logits_all
+        if blocks > 1:  # block 0 is the image itself
+            logits = em.Gather(em.Reshape(logits_all, em.ints([blocks, -1, self._num_classes(logits_all)])),
+                               em.const(np.array(0, np.int64)), axis=0)
+        class_ids = self._class_ids(logits, classes)
+        seed = self._one_hot(class_ids, logits)  # [K, N, C]
+        outputs = {"logits": logits, "class_ids": class_ids}
+
+        if spec.cam:
+            cam = self._gradcam(seed, layer)  # [K, N, H, W]
+            if spec.guided:
+                guided = backward(em, {logits_all: seed}, [image], guided=True)[0]
+                cam = em.Mul(guided, em.unsqueeze(cam, [2]))
+            attributions = cam
+        else:
+            seed_all = seed if blocks == 1 else self._seed_blocks(seed, block_weights)
+            grad = backward(em, {logits_all: seed_all}, [self.wrt], guided=spec.guided)[0]
+            if blocks > 1:
+                grad = em.reduce_sum(em.Reshape(grad, em.Concat(em.ints([0, blocks, -1]), em.shape(grad, 2), axis=0)),
+                                     [1], keepdims=False)
+            if spec.times_input:
+                grad = em.Mul(grad, self.image if not spec.batching else em.Sub(self.image, self._baseline))
+            attributions = grad
+        rank = 4 if spec.cam and not spec.guided else len(self.image.shape) + 1  # type: ignore[arg-type]
+        outputs["attributions"] = em.Transpose(attributions, perm=[1, 0] + list(range(2, rank)))
+        return outputs
+
+    # -- pieces -------------------------------------------------------------------------------
+    def _logits_2d(self) -> ir.Value:
+        source = self.clf.logits_source
+        if source.shape is not None and len(source.shape) == 2:
+            return source
+        return self.em.Flatten(source, axis=1)
+
+    def _num_classes(self, logits: ir.Value) -> int:
+        source = self.clf.logits_source
+        dims = [d for d in (source.shape or [])][1:]
+        if not dims or not all(isinstance(d, int) for d in dims):
+            raise ModelError(f"the number of classes of '{source.name}' must be static (shape {source.shape})")
+        return int(np.prod(dims))  # type: ignore[arg-type]
+
+    def _class_ids(self, logits: ir.Value, classes: str | None) -> ir.Value:
+        em = self.em
+        if classes is None:
+            batch = self.image.shape[0] if self.image.shape is not None else "N"  # type: ignore[index]
+            ids = ir.Value(name="class_ids", type=ir.TensorType(ir.DataType.INT64),
+                           shape=ir.Shape([batch if batch is not None else "N", "K"]))
+            self.graph.inputs.append(ids)
+            return ids
+        top, with_min = _parse_class_rule(classes)
+        num_classes = self._num_classes(logits)
+        if top + int(with_min) > num_classes or top < 1:
+            raise UsageError(f"classes '{classes}' asks for more classes than the model's {num_classes}")
+        if em.opset >= 10:
+            _, picked = em.op_multi("TopK", [logits, em.ints([top])], 2, axis=1)
+        else:
+            _, picked = em.op_multi("TopK", [logits], 2, axis=1, k=top)
+        if with_min:
+            picked = em.Concat(picked, em.ArgMin(logits, axis=1, keepdims=1), axis=1)
+        return picked
+
+    def _one_hot(self, class_ids: ir.Value, logits: ir.Value) -> ir.Value:
+        em = self.em
+        classes = em.const(np.arange(self._num_classes(logits), dtype=np.int64))
+        rows = em.unsqueeze(em.Transpose(class_ids, perm=[1, 0]), [2])  # [K, N, 1]
+        return em.cast_like(em.Equal(rows, classes), logits)
+
+    def _batch_image(self, kind: str, steps: int, baseline: float, samples: int, noise: float):
+        """Feed the forward [B*N, ...]: the image, then interpolation steps or noisy copies."""
+        em, image = self.em, self.image
+        dims = list(image.shape or [])
+        if dims and isinstance(dims[0], int):
+            method = "integrated_gradients" if kind == "interpolate" else "smoothgrad"
+            raise UsageError(f"{method} runs its steps as one batch, but the model's batch axis is fixed "
+                             f"to {dims[0]}: export the model with a dynamic batch axis")
+        user = ir.Value(name=image.name, type=image.type, shape=image.shape)
+        image.name = f"{image.name}_batched"
+        inputs = self.graph.inputs
+        inputs[inputs.index(image)] = user
+        self.image, self.wrt = user, image
+        rank = len(dims)
+        stacked_shape = em.Concat(em.ints([-1]), em.shape(user, 1), axis=0)
+        if kind == "interpolate":
+            self._baseline = em.scalar(baseline, like=user)
+            # alpha = 1 first (the image itself, whose logits are reported), then 1/S ... (S-1)/S
+            alphas = np.array([1.0] + [s / steps for s in range(1, steps)], dtype=np.float32)
+            diff = em.Sub(user, self._baseline)
+            path = em.Add(self._baseline, em.Mul(em.const(alphas.reshape([steps] + [1] * rank)),
+                                                 em.unsqueeze(diff, [0])))
+            batched = em.Reshape(path, stacked_shape)
+            weights = np.full(steps, 1.0 / steps)
+            blocks = steps
+        else:
+            axes = list(range(1, rank))
+            spread = em.Sub(em.reduce("ReduceMax", user, axes), em.reduce("ReduceMin", user, axes))
+            sigma = em.Mul(spread, em.scalar(noise, like=user))
+            copies = em.Expand(em.unsqueeze(user, [0]),
+                               em.Concat(em.ints([samples]), em.shape(user), axis=0))
+            eps = em.RandomNormalLike(copies, seed=float(self.seed), dtype=int(user.dtype))  # type: ignore[arg-type]
+            noisy = em.Add(copies, em.Mul(eps, sigma))
+            batched = em.Reshape(em.Concat(em.unsqueeze(user, [0]), noisy, axis=0), stacked_shape)
+            weights = np.array([0.0] + [1.0 / samples] * samples)
+            blocks = samples + 1
+        image.replace_all_uses_with(batched)
+        return blocks, weights
+
+    def _seed_blocks(self, seed: ir.Value, weights: np.ndarray) -> ir.Value:
+        """[K, N, C] -> [K, B*N, C], block b weighted by weights[b]."""
+        em = self.em
+        scaled = em.Mul(em.unsqueeze(seed, [1]), em.const(weights.reshape(1, -1, 1, 1).astype(np.float32)))
+        return em.Reshape(scaled, em.ints([0, -1, self._num_classes(seed)]))
+
+    def _gradcam(self, seed: ir.Value, layer: str | None) -> ir.Value:
+        em = self.em
+        feature = _feature_map(self.graph, self.image, self.clf.logits_source, layer)
+        grad = backward(em, {self.logits_all: seed}, [feature])[0]  # [K, N, C, h, w]
+        weights = em.reduce_mean(grad, [3, 4], keepdims=True)
+        cam = em.Relu(em.reduce_sum(em.Mul(weights, feature), [2], keepdims=False))  # [K, N, h, w]
+        h, w = [int(d) for d in feature.shape[2:]]  # type: ignore[index]
+        height, width = [int(d) for d in self.image.shape[2:]]  # type: ignore[index]
+        up = [_bilinear_matrix(h, height), _bilinear_matrix(w, width)]
+        # separable_vjp applies A_h^T . g . A_w; the forward upsample is U_h . cam . U_w^T
+        return separable_vjp(Context(em), cam, [up[0].T.copy(), up[1].T.copy()])
+
+
+def _parse_class_rule(text: str) -> tuple[int, bool]:
+    """"top4+min" -> (4, True); "top5" -> (5, False)."""
+    spec = text.strip().lower()
+    with_min = spec.endswith("+min")
+    head = spec[: -len("+min")] if with_min else spec
+    if not head.startswith("top") or not head[3:].isdigit():
+        raise UsageError(f"unknown class rule '{text}' (use e.g. 'top4+min' or 'top5')")
+    return int(head[3:]), with_min
+
+
+def _feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str | None) -> ir.Value:
+    """The Grad-CAM layer: named, or the last rank-4 map with H*W > 1 between image and logits."""
+    values = {v.name: v for node in graph for v in node.outputs}
+    if layer is not None:
+        if layer not in values:
+            raise UsageError(f"--layer '{layer}' names no value of the model")
+        chosen = values[layer]
+        if chosen.shape is None or len(chosen.shape) != 4:
+            raise UsageError(f"--layer '{layer}' is not a [N, C, H, W] feature map (shape {chosen.shape})")
+        return chosen
+    depends = {image}
+    candidates = []
+    for node in graph:
+        if any(v in depends for v in node.inputs if v is not None):
+            for v in node.outputs:
+                depends.add(v)
+                dims = list(v.shape) if v.shape is not None else []
+                if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) and dims[2] * dims[3] > 1:
+                    candidates.append(v)
+    upstream = _ancestors(logits)
+    candidates = [v for v in candidates if v in upstream]
+    if not candidates:
+        raise ModelError("no spatial feature map [N, C, H, W] with H*W > 1 leads to the logits: pass --layer")
+    return candidates[-1]
+
+
+def _ancestors(value: ir.Value) -> set[ir.Value]:
+    seen, stack = {value}, [value]
+    while stack:
+        node = stack.pop().producer()
+        if node is None:
+            continue
+        for v in node.inputs:
+            if v is not None and v not in seen:
+                seen.add(v)
+                stack.append(v)
+    return seen
+
+
+def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """[size_out, size_in]: bilinear upsampling with half-pixel centres (align_corners=False)."""
+    import onnx.helper as oh
+
+    def make(axis: int, spatial_rank: int, in_size: int):
+        sizes = onnx.numpy_helper.from_array(np.array([in_size, 1, size_out], np.int64), "sizes")
+        node = oh.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
+                            coordinate_transformation_mode="half_pixel")
+        return node, [sizes]
+
+    return probe_matrix(make, 0, 1, size_in, 13)
+
+
+def _rename_reserved(graph: ir.Graph) -> None:
+    """Move the model's own values out of the way of varrt's reserved names."""
+    values = list(graph.inputs) + list(graph.initializers.values()) + [v for n in graph for v in n.outputs]
+    for v in values:
+        if v.name in RESERVED_OUTPUTS or v.name in RESERVED_INPUTS:
+            v.name = f"{v.name}_model"
+
+
+def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onnx.ModelProto:
+    graph = clf.model.graph
+    ordered = ["logits", "attributions", "var_attributions"]
+    if options["classes"] is not None:
+        ordered.append("class_ids")
+    graph.outputs.clear()
+    for key in ordered:
+        if key not in outputs:
+            continue
+        value = outputs[key]
+        if value.is_graph_input() or value.is_graph_output() or value.name == key and value.producer() is None:
+            value = Emitter(graph, clf.opset).Identity(value)
+        value.name = key
+        value.type = ir.TensorType(ir.DataType.INT64 if key == "class_ids" else clf.data_input.dtype)
+        value.shape = _output_shape(key, clf, options)
+        graph.outputs.append(value)
+    ir_passes.RemoveUnusedNodesPass()(clf.model)
+    ir_passes.NameFixPass()(clf.model)
+    proto = ir.serde.serialize_model(clf.model)
+    proto.ir_version = max(proto.ir_version, 7)
+    proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    proto.producer_name, proto.producer_version = "varrt", _version()
+    for key, value in options.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"varrt.{key}", str(value)
+    return proto
+
+
+def _output_shape(key: str, clf: Classifier, options: dict) -> ir.Shape:
+    image = list(clf.data_input.shape or [])
+    batch = image[0] if image else "N"
+    if key == "logits":
+        dims = list(clf.logits_source.shape or [])[1:]
+        classes = int(np.prod(dims)) if dims and all(isinstance(d, int) for d in dims) else "C"
+        return ir.Shape([batch, classes])
+    if key == "class_ids":
+        return ir.Shape([batch, "K"])
+    spec = METHOD_TABLE[options["method"]]
+    tail = image[2:] if spec.cam and not spec.guided else image[1:]
+    return ir.Shape([batch, "K", *tail])
+
+
+def _version() -> str:
+    from varrt import __version__
+
+    return __version__

@@ -1,0 +1,174 @@
+"""Reading a classifier into onnx-ir and normalising the graph quirks exporters leave behind.
+
+What comes out of ``load_classifier`` is a graph the rules can rely on:
+- initializers are not listed as graph inputs (old IR versions did that);
+- values computed from constants only (Constant, ConstantOfShape, Shape of a static tensor and
+  the arithmetic after them) are folded into initializers, so rules read weights, axes, pads and
+  indices as constants;
+- every value carries the dtype and shape ONNX shape inference found;
+- the one float data input and the logits (pre-softmax, 2-D) are identified.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx_ir.passes import common as ir_passes
+from varrt.errors import ModelError, UsageError
+
+MIN_OPSET, MAX_OPSET = 9, 25
+
+# Ops whose output is not a function of their inputs, never folded.
+_NOT_FOLDABLE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                 "Bernoulli", "If", "Loop", "Scan"}
+_FOLD_LIMIT = 1 << 22  # elements; larger constant subgraphs are rare and left to the runtime
+
+# Ops that only rearrange a tensor: walking back through them from a graph output finds a softmax.
+_LAYOUT_ONLY = {"Reshape", "Flatten", "Squeeze", "Identity", "Unsqueeze"}
+
+
+@dataclass
+class Classifier:
+    """A normalised classifier graph and its two ends."""
+
+    model: ir.Model
+    data_input: ir.Value
+    logits_source: ir.Value  # the pre-softmax scores as the model computes them (any rank)
+    opset: int
+
+
+def read_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Load a model file (external data next to it included) or pass a ModelProto through."""
+    if isinstance(model, onnx.ModelProto):
+        return model
+    path = Path(model)
+    if not path.is_file():
+        raise UsageError(f"model file not found: {path}")
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf raises several unrelated types for a bad file
+        raise ModelError(f"{path}: not a readable ONNX model ({_first_line(error)})") from None
+
+
+def load_classifier(proto: onnx.ModelProto, name: str = "model") -> Classifier:
+    """Check and normalise ``proto``; find its data input and logits."""
+    opset = _default_opset(proto, name)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as error:
+        raise ModelError(f"{name}: fails onnx.checker: {_first_line(error)}") from None
+    model = ir.serde.deserialize_model(proto)
+    ir_passes.RemoveInitializersFromInputsPass()(model)
+    _fold_constants(model.graph)
+    _infer_shapes(model, name)
+    data_input = _data_input(model.graph, name)
+    return Classifier(model, data_input, _logits_source(model.graph, name), opset)
+
+
+def _default_opset(proto: onnx.ModelProto, name: str) -> int:
+    versions = [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")]
+    if not versions:
+        raise ModelError(f"{name}: imports no default-domain opset")
+    opset = versions[0]
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ModelError(f"{name}: opset {opset} is outside the supported {MIN_OPSET}..{MAX_OPSET}")
+    return opset
+
+
+def _infer_shapes(model: ir.Model, name: str) -> None:
+    try:
+        ir_passes.ShapeInferencePass(strict_mode=False)(model)
+    except Exception as error:
+        raise ModelError(f"{name}: ONNX shape inference failed: {_first_line(error)}") from None
+
+
+def _data_input(graph: ir.Graph, name: str) -> ir.Value:
+    floats = [v for v in graph.inputs if v.dtype is not None and v.dtype.is_floating_point()]
+    if len(graph.inputs) != 1 or len(floats) != 1:
+        described = ", ".join(f"{v.name} ({v.dtype})" for v in graph.inputs) or "none"
+        raise ModelError(f"{name}: expected exactly one float image input, found: {described}")
+    return floats[0]
+
+
+def _logits_source(graph: ir.Graph, name: str) -> ir.Value:
+    outputs = [v for v in graph.outputs if v.dtype is not None and v.dtype.is_floating_point()]
+    if not outputs:
+        # skl2onnx's ZipMap turns probabilities into a sequence of maps: use the tensor it zips.
+        zipped = [v.producer() for v in graph.outputs if v.producer() and v.producer().op_type == "ZipMap"]
+        outputs = [node.inputs[0] for node in zipped if node.inputs[0] is not None]
+    if not outputs:
+        raise ModelError(f"{name}: has no float output to explain")
+    value = outputs[0]
+    walked = value
+    while (node := walked.producer()) is not None:
+        if node.op_type in ("Softmax", "LogSoftmax"):
+            return node.inputs[0]  # type: ignore[return-value]
+        if node.op_type not in _LAYOUT_ONLY:
+            break
+        walked = node.inputs[0]  # type: ignore[assignment]
+    return value
+
+
+# -- constant folding ------------------------------------------------------------------------
+def _fold_constants(graph: ir.Graph) -> None:
+    """Replace every value computable from constants alone by an initializer."""
+    from onnx.reference import ReferenceEvaluator
+
+    for node in list(graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDABLE:
+            continue
+        if node.op_type == "Shape" and _static_shape(node.inputs[0]) is not None:
+            dims = np.asarray(_static_shape(node.inputs[0]), dtype=np.int64)
+            start = node.attributes.get_int("start", 0)
+            end = node.attributes.get_int("end", len(dims))
+            values: list[np.ndarray] = [dims[start:end]]
+        elif all(v is None or v.const_value is not None for v in node.inputs):
+            inputs = [v for v in node.inputs if v is not None]
+            if sum(v.const_value.size for v in inputs) > _FOLD_LIMIT:  # type: ignore[union-attr]
+                continue
+            try:
+                values = _evaluate(ReferenceEvaluator, node, graph.opset_imports)
+            except Exception:
+                continue  # the runtime computes it instead
+        else:
+            continue
+        for out, array in zip(node.outputs, values):
+            if out.is_graph_output() or not out.uses():
+                continue
+            name = graph.initializers.get(out.name) and f"{out.name}_folded" or out.name or "folded"
+            const = ir.Value(name=f"varrt_folded_{name}", shape=ir.Shape(array.shape),
+                             type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                             const_value=ir.tensor(array))
+            graph.register_initializer(const)
+            out.replace_all_uses_with(const)
+
+
+def _evaluate(evaluator_cls, node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray]:
+    proto_node = ir.serde.serialize_node(node)
+    names = [v.name for v in node.inputs if v is not None]
+    feeds = {v.name: v.const_value.numpy() for v in node.inputs if v is not None}  # type: ignore[union-attr]
+    inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names]
+    outputs = [onnx.helper.make_tensor_value_info(o.name, onnx.TensorProto.UNDEFINED, None)
+               for o in node.outputs]
+    graph = onnx.helper.make_graph([proto_node], "fold", inputs, outputs)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v)
+                                                         for d, v in opsets.items()])
+    results = evaluator_cls(model).run(None, feeds)
+    return [np.asarray(r) for r in results]
+
+
+def _static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
+    if value is None or value.shape is None:
+        return None
+    dims = tuple(value.shape)
+    return dims if all(isinstance(d, int) for d in dims) else None  # type: ignore[return-value]
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

@@ -1,0 +1,127 @@
+"""Elementwise activations: the cotangent times the local derivative.
+
+The ReLU family (Relu, Clip with min 0 such as ReLU6, LeakyRelu) carries the guided-backprop
+flag: with ``ctx.guided`` only positive cotangents pass, as in Springenberg et al.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import onnx_ir as ir
+from varrt.export.emitter import Emitter
+from varrt.export.rules import rule
+from varrt.export.rules.context import Context
+
+Derivative = Callable[[Emitter, ir.Value, ir.Value], ir.Value]  # (em, x, y) -> dy/dx
+
+
+def _unary(op_type: str, derivative: Derivative, guided_family: bool = False) -> None:
+    def vjp(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+        if guided_family and ctx.guided:
+            g = ctx.em.Relu(g)
+        local = derivative(ctx.em, node.inputs[0], node.outputs[0])  # type: ignore[arg-type]
+        return [ctx.em.Mul(g, local)] + [None] * (len(node.inputs) - 1)
+
+    rule(op_type)(vjp)
+
+
+def _positive(em: Emitter, x: ir.Value) -> ir.Value:
+    return em.mask(em.Greater(x, em.scalar(0.0, like=x)), like=x)
+
+
+def _sigmoid_derivative(em: Emitter, y: ir.Value) -> ir.Value:
+    return em.Mul(y, em.Sub(em.scalar(1.0, like=y), y))
+
+
+def _inside(em: Emitter, x: ir.Value, low: float, high: float) -> ir.Value:
+    """1 where low < x < high, else 0."""
+    above = em.Greater(x, em.scalar(low, like=x))
+    below = em.Less(x, em.scalar(high, like=x))
+    return em.mask(em.And(above, below), like=x)
+
+
+def _gaussian_density(em: Emitter, x: ir.Value) -> ir.Value:
+    half_square = em.Mul(em.Mul(x, x), em.scalar(-0.5, like=x))
+    return em.Mul(em.Exp(half_square), em.scalar(1.0 / math.sqrt(2.0 * math.pi), like=x))
+
+
+_unary("Relu", lambda em, x, y: _positive(em, x), guided_family=True)
+_unary("Sigmoid", lambda em, x, y: _sigmoid_derivative(em, y))
+_unary("Tanh", lambda em, x, y: em.Sub(em.scalar(1.0, like=y), em.Mul(y, y)))
+_unary("Exp", lambda em, x, y: y)
+_unary("Log", lambda em, x, y: em.Reciprocal(x))
+_unary("Sqrt", lambda em, x, y: em.Div(em.scalar(0.5, like=y), y))
+_unary("Reciprocal", lambda em, x, y: em.Neg(em.Mul(y, y)))
+_unary("Softplus", lambda em, x, y: em.Sigmoid(x))
+_unary("Abs", lambda em, x, y: em.Sign(x))
+_unary("Erf", lambda em, x, y: em.Mul(em.Exp(em.Neg(em.Mul(x, x))), em.scalar(2.0 / math.sqrt(math.pi), like=x)))
+# HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2): derivative hs(x) + x/6 inside (-3, 3).
+_unary("HardSwish", lambda em, x, y: em.Add(
+    em.HardSigmoid(x, alpha=1.0 / 6.0, beta=0.5),
+    em.Mul(em.Mul(x, em.scalar(1.0 / 6.0, like=x)), _inside(em, x, -3.0, 3.0)),
+))
+
+
+@rule("LeakyRelu", "Elu")
+def leaky_relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x, y = ctx.em, node.inputs[0], node.outputs[0]
+    alpha = node.attributes.get_float("alpha", 0.01 if node.op_type == "LeakyRelu" else 1.0)
+    # Elu's slope below zero is y + alpha; LeakyRelu's is alpha.
+    below = em.scalar(alpha, like=x) if node.op_type == "LeakyRelu" else em.Add(y, em.scalar(alpha, like=x))
+    if ctx.guided and node.op_type == "LeakyRelu":
+        g = em.Relu(g)
+    return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), below))]
+
+
+@rule("PRelu")
+def prelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x, slope = ctx.em, node.inputs[0], node.inputs[1]
+    return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), slope)), None]
+
+
+@rule("HardSigmoid")
+def hard_sigmoid(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    alpha = node.attributes.get_float("alpha", 0.2)
+    beta = node.attributes.get_float("beta", 0.5)
+    x = node.inputs[0]
+    # 0 < alpha*x + beta < 1, written for x (alpha > 0 in every exporter's use)
+    low, high = (-beta / alpha, (1.0 - beta) / alpha)
+    inside = _inside(ctx.em, x, min(low, high), max(low, high))
+    return [ctx.em.Mul(g, ctx.em.Mul(inside, ctx.em.scalar(alpha, like=x)))]
+
+
+@rule("Clip")
+def clip(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x = ctx.em, node.inputs[0]
+    if ctx.opset < 11:
+        low: float | None = node.attributes.get_float("min", -math.inf)
+        high: float | None = node.attributes.get_float("max", math.inf)
+    else:
+        low_array, high_array = ctx.const(node, 1), ctx.const(node, 2)
+        low = -math.inf if low_array is None else float(low_array)
+        high = math.inf if high_array is None else float(high_array)
+    if ctx.guided and low == 0.0:  # ReLU6 and friends are ReLUs for guided backprop
+        g = em.Relu(g)
+    return [em.Mul(g, _inside(em, x, low, high))] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
+
+
+@rule("Gelu", since=20)
+def gelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x = ctx.em, node.inputs[0]
+    if node.attributes.get_string("approximate", "none") == "tanh":
+        # d/dx 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)
+        c = math.sqrt(2.0 / math.pi)
+        x2 = em.Mul(x, x)
+        u = em.Mul(em.scalar(c, like=x), em.Add(x, em.Mul(em.scalar(0.044715, like=x), em.Mul(x2, x))))
+        t = em.Tanh(u)
+        du = em.Mul(em.scalar(c, like=x), em.Add(em.scalar(1.0, like=x), em.Mul(em.scalar(3 * 0.044715, like=x), x2)))
+        sech2 = em.Sub(em.scalar(1.0, like=x), em.Mul(t, t))
+        local = em.Mul(em.scalar(0.5, like=x), em.Add(em.Add(em.scalar(1.0, like=x), t), em.Mul(em.Mul(x, sech2), du)))
+    else:
+        # Phi(x) + x phi(x)
+        cdf = em.Mul(em.scalar(0.5, like=x),
+                     em.Add(em.scalar(1.0, like=x), em.Erf(em.Mul(x, em.scalar(1.0 / math.sqrt(2.0), like=x)))))
+        local = em.Add(cdf, em.Mul(x, _gaussian_density(em, x)))
+    return [em.Mul(g, local)]

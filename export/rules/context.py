@@ -1,0 +1,107 @@
+"""What a VJP rule is handed: the emitter, the rule flags, and the shape questions rules ask.
+
+Cotangents carry a leading class axis: the cotangent of a forward value of shape [N, ...] has
+shape [K, N, ...]. Elementwise rules broadcast forward values against it for free; rules that need
+an N-D operator's batch axis (ConvTranspose, pooling) fold K into N with ``to_rows`` and unfold
+with ``from_rows``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from varrt.errors import ModelError
+from varrt.export.emitter import Emitter
+
+
+class _Zero:
+    """A symbolic zero cotangent: no gradient flows, and no tensor of zeros is built."""
+
+    def __repr__(self) -> str:
+        return "ZERO"
+
+
+ZERO: Any = _Zero()
+
+
+@dataclass
+class Context:
+    em: Emitter
+    guided: bool = False  # guided backprop: ReLU-family rules pass only positive cotangents
+    output_cotangents: list[Any] = field(default_factory=list)  # of the node at hand, None = none
+
+    @property
+    def opset(self) -> int:
+        return self.em.opset
+
+    # -- reading the forward node ------------------------------------------------------------
+    def fail(self, node: ir.Node, why: str) -> ModelError:
+        return ModelError(f"{node.op_type} node '{node.name}': {why}")
+
+    def const(self, node: ir.Node, index: int, default: Any = None) -> np.ndarray | None:
+        """Input ``index`` of ``node`` as a NumPy array; ``default`` when the input is absent."""
+        if index >= len(node.inputs) or node.inputs[index] is None:
+            return None if default is None else np.asarray(default)
+        value = node.inputs[index]
+        if value.const_value is None:  # type: ignore[union-attr]
+            raise self.fail(node, f"input {index} ('{value.name}') must be a constant")  # type: ignore[union-attr]
+        return value.const_value.numpy()  # type: ignore[union-attr]
+
+    def ints_attr_or_input(self, node: ir.Node, name: str, index: int, since: int) -> list[int] | None:
+        """An int list that moved from attribute to input at opset ``since`` (axes, pads...)."""
+        if self.opset < since:
+            attr = node.attributes.get(name)
+            return None if attr is None else list(attr.value)
+        array = self.const(node, index)
+        return None if array is None else [int(v) for v in array.reshape(-1)]
+
+    # -- shapes ------------------------------------------------------------------------------
+    def dims(self, value: ir.Value) -> list[int | None]:
+        """Static dims of a forward value, None where a dim is symbolic."""
+        if value.shape is None:
+            node = value.producer()
+            where = f" (output of {node.op_type} '{node.name}')" if node else ""
+            raise ModelError(f"shape inference found no rank for '{value.name}'{where}")
+        return [d if isinstance(d, int) else None for d in value.shape]
+
+    def rank(self, value: ir.Value) -> int:
+        return len(self.dims(value))
+
+    def static_dims(self, node: ir.Node, value: ir.Value, axes: Sequence[int]) -> list[int]:
+        dims = self.dims(value)
+        picked = [dims[a] for a in axes]
+        if any(d is None for d in picked):
+            raise self.fail(node, f"needs static sizes on axes {list(axes)} of '{value.name}' "
+                                  f"(has {value.shape}); export the model with a fixed image size")
+        return picked  # type: ignore[return-value]
+
+    def sum_to(self, g: ir.Value, target: ir.Value, g_dims: Sequence[int | None]) -> ir.Value:
+        """Undo broadcasting: sum the cotangent ``g`` (forward dims ``g_dims``) to ``target``'s shape."""
+        t_dims = self.dims(target)
+        extra = len(g_dims) - len(t_dims)
+        axes = [1 + i for i in range(extra)]
+        axes += [1 + extra + i for i, d in enumerate(t_dims) if d == 1 and g_dims[extra + i] != 1]
+        if not axes:
+            return g
+        summed = self.em.reduce_sum(g, axes, keepdims=True)
+        return self.em.squeeze(summed, list(range(1, 1 + extra))) if extra else summed
+
+    def with_classes(self, forward: ir.Value, g: ir.Value) -> ir.Value:
+        """The shape [K, *forward.shape] as an int64 vector (K read from the cotangent ``g``)."""
+        return self.em.Concat(self.em.shape(g, 0, 1), self.em.shape(forward), axis=0)
+
+    def like_forward(self, g: ir.Value, forward: ir.Value) -> ir.Value:
+        """Reshape a cotangent of the same size to [K, *forward.shape]."""
+        return self.em.Reshape(g, self.em.Concat(self.em.ints([-1]), self.em.shape(forward), axis=0))
+
+    def to_rows(self, g: ir.Value) -> ir.Value:
+        """[K, N, ...] -> [K*N, ...]"""
+        return self.em.Reshape(g, self.em.Concat(self.em.ints([-1]), self.em.shape(g, 2), axis=0))
+
+    def from_rows(self, rows: ir.Value, g: ir.Value) -> ir.Value:
+        """[K*N, ...] -> [K, N, ...] with K and N taken from the cotangent ``g``."""
+        return self.em.Reshape(rows, self.em.Concat(self.em.shape(g, 0, 2), self.em.shape(rows, 1), axis=0))

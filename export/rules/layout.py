@@ -1,0 +1,168 @@
+"""Ops that move elements without changing them: reshapes, transposes, concatenation, slicing,
+gathering with constant indices, padding, tiling."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from varrt.export.rules import rule
+from varrt.export.rules.context import Context
+
+
+@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def reshape(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    return [ctx.like_forward(g, node.inputs[0])] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
+
+
+@rule("Transpose")
+def transpose(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    rank = ctx.rank(node.inputs[0])  # type: ignore[arg-type]
+    perm = list(node.attributes.get_ints("perm", list(reversed(range(rank)))))
+    inverse = [int(p) + 1 for p in np.argsort(perm)]
+    return [ctx.em.Transpose(g, perm=[0] + inverse)]
+
+
+@rule("Concat")
+def concat(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    rank = ctx.rank(node.outputs[0])
+    axis = node.attributes.get_int("axis") % rank
+    sizes = [ctx.static_dims(node, x, [axis])[0] for x in node.inputs]  # type: ignore[arg-type]
+    offsets = np.cumsum([0] + sizes)
+    return [ctx.em.slice(g, [int(b)], [int(e)], [axis + 1]) for b, e in zip(offsets[:-1], offsets[1:])]
+
+
+@rule("Split")
+def split(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x = ctx.em, node.inputs[0]
+    axis = node.attributes.get_int("axis", 0) % ctx.rank(x)  # type: ignore[arg-type]
+    pieces = []
+    for out, cot in zip(node.outputs, ctx.output_cotangents):
+        pieces.append(cot if cot is not None else em.zeros_like(ctx.with_classes(out, g), out))
+    return [em.Concat(*pieces, axis=axis + 1)] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Slice")
+def slice_(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # Scatter back with zeros: Pad for unit steps, zero-interleaving for larger ones.
+    em, x = ctx.em, node.inputs[0]
+    rank = ctx.rank(x)  # type: ignore[arg-type]
+    if ctx.opset < 10:
+        starts = list(node.attributes.get_ints("starts"))
+        ends = list(node.attributes.get_ints("ends"))
+        axes = list(node.attributes.get_ints("axes", list(range(len(starts)))))
+        steps = [1] * len(starts)
+    else:
+        starts = [int(v) for v in ctx.const(node, 1)]  # type: ignore[union-attr]
+        ends = [int(v) for v in ctx.const(node, 2)]  # type: ignore[union-attr]
+        axes = [int(v) for v in ctx.const(node, 3, default=list(range(len(starts))))]  # type: ignore[union-attr]
+        steps = [int(v) for v in ctx.const(node, 4, default=[1] * len(starts))]  # type: ignore[union-attr]
+    out_dims = ctx.dims(node.outputs[0])
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= rank
+        size = ctx.static_dims(node, x, [axis])[0]
+        first, _, _ = slice(start, end, step).indices(size)
+        count = len(range(*slice(start, end, step).indices(size)))
+        if step < 0:  # reverse the cotangent, then it is a positive-step slice from the last index
+            g = em.slice(g, [-1], [-(2**62)], [axis + 1], [-1])
+            first, step = first + (count - 1) * step, -step
+        if step > 1:
+            g = _interleave_zeros(ctx, node, g, axis, count, step, out_dims)
+            count *= step
+        out_dims = out_dims[:axis] + [size] + out_dims[axis + 1:]
+        g = _place(ctx, g, axis, first, count, size, rank + 1)
+    return [g] + [None] * (len(node.inputs) - 1)
+
+
+def _interleave_zeros(ctx: Context, node: ir.Node, g: ir.Value, axis: int, count: int, step: int, dims) -> ir.Value:
+    """[.., count, ..] -> [.., count*step, ..] with step-1 zeros after each element on ``axis``."""
+    em = ctx.em
+    after = list(dims[axis + 1:])
+    if any(d is None for d in after):
+        raise ctx.fail(node, "a strided Slice needs static sizes after the sliced axis")
+    spread = em.pad(em.unsqueeze(g, [axis + 2]), [0] * (len(dims) + 2) + [0] * (axis + 2) + [step - 1]
+                    + [0] * (len(dims) - axis - 1))
+    return em.Reshape(spread, em.ints([0] * (axis + 1) + [count * step] + after))
+
+
+def _place(ctx: Context, g: ir.Value, axis: int, first: int, length: int, size: int, n: int) -> ir.Value:
+    """Put a run of ``length`` at offset ``first`` of forward axis ``axis`` (of ``size``), zeros
+    around it; ``n`` is the cotangent's rank."""
+    em = ctx.em
+    end_gap = size - first - length
+    if end_gap < 0:
+        g = em.slice(g, [0], [size - first], [axis + 1])
+        end_gap = 0
+    pads = [0] * (2 * n)
+    pads[axis + 1], pads[n + axis + 1] = first, end_gap
+    return em.pad(g, pads)
+
+
+@rule("Gather")
+def gather(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x = ctx.em, node.inputs[0]
+    rank = ctx.rank(x)  # type: ignore[arg-type]
+    axis = node.attributes.get_int("axis", 0) % rank
+    size = ctx.static_dims(node, x, [axis])[0]
+    indices = ctx.const(node, 1)
+    indices = np.where(indices < 0, indices + size, indices)  # type: ignore[operator]
+    flat = indices.reshape(-1)
+    if indices.ndim == 0:
+        g = em.unsqueeze(g, [axis + 1])
+    elif indices.ndim > 1:
+        dims = ctx.static_dims(node, node.outputs[0], range(ctx.rank(node.outputs[0])))
+        g = em.Reshape(g, em.ints([0] * (axis + 1) + [flat.size] + dims[axis + indices.ndim:]))
+    if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
+        # A contiguous run is a slice: pad it back.
+        pads = [0] * (2 * (rank + 1))
+        pads[axis + 1], pads[rank + 1 + axis + 1] = int(flat[0]), int(size - flat[0] - flat.size)
+        return [em.pad(g, pads), None]
+    # Otherwise a one-hot matrix sums each gathered row back to its source (repeats add up).
+    one_hot = np.zeros((flat.size, size), dtype=np.float32)
+    one_hot[np.arange(flat.size), flat] = 1.0
+    last = list(range(rank + 1))
+    last.append(last.pop(axis + 1))
+    moved = em.MatMul(em.Transpose(g, perm=last), em.const(one_hot.astype(x.dtype.numpy())))  # type: ignore[union-attr]
+    return [em.Transpose(moved, perm=[int(p) for p in np.argsort(last)]), None]
+
+
+@rule("Pad")
+def pad(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x = ctx.em, node.inputs[0]
+    rank = ctx.rank(x)  # type: ignore[arg-type]
+    mode = node.attributes.get_string("mode", "constant")
+    if mode != "constant":
+        raise ctx.fail(node, f"Pad mode '{mode}' (only constant padding is differentiated)")
+    pads = ctx.ints_attr_or_input(node, "pads", 1, since=11) or [0] * (2 * rank)
+    axes = list(range(rank))
+    if ctx.opset >= 18 and len(node.inputs) > 3 and node.inputs[3] is not None:
+        axes = [int(a) % rank for a in ctx.const(node, 3)]  # type: ignore[union-attr]
+    begins, ends = [0] * rank, [0] * rank
+    for i, a in enumerate(axes):
+        begins[a], ends[a] = pads[i], pads[len(axes) + i]
+    sizes = ctx.static_dims(node, x, [a for a in range(rank) if begins[a] or ends[a]])
+    # Positive pads are cut away; negative pads (crops) are padded back with zeros.
+    cut_axes = [a for a in range(rank) if begins[a] > 0 or ends[a] > 0]
+    size_of = dict(zip([a for a in range(rank) if begins[a] or ends[a]], sizes))
+    if cut_axes:
+        g = em.slice(g, [max(begins[a], 0) for a in cut_axes],
+                     [max(begins[a], 0) + size_of[a] + min(ends[a], 0) + min(begins[a], 0) for a in cut_axes],
+                     [a + 1 for a in cut_axes])
+    back = [0] + [max(-b, 0) for b in begins] + [0] + [max(-e, 0) for e in ends]
+    return [em.pad(g, back)] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Tile")
+def tile(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # [K, r0*d0, r1*d1, ...] -> [K, r0, d0, r1, d1, ...] -> sum over the r axes.
+    em, x = ctx.em, node.inputs[0]
+    repeats = [int(r) for r in ctx.const(node, 1)]  # type: ignore[union-attr]
+    dims = ctx.dims(x)  # type: ignore[arg-type]
+    if all(r == 1 for r in repeats):
+        return [g, None]
+    if sum(d is None for d in dims) > 1:
+        raise ctx.fail(node, "needs static sizes on all but one axis")
+    split = []
+    for r, d in zip(repeats, dims):
+        split += [r, -1 if d is None else d]
+    summed = em.reduce_sum(em.Reshape(g, em.ints([0] + split)), [1 + 2 * i for i in range(len(dims))], keepdims=False)
+    return [summed, None]

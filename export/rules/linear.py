@@ -1,0 +1,66 @@
+"""Conv, Gemm and MatMul: linear in the image, so their VJPs reuse the forward weights."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from varrt.export.rules import rule
+from varrt.export.rules.context import Context
+from varrt.export.rules.spatial import crop_to_input, windows
+
+
+@rule("Conv")
+def conv(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # d/dx of a convolution is the transposed convolution with the same weights.
+    x, weight = node.inputs[0], node.inputs[1]
+    kernel = ctx.static_dims(node, weight, range(2, ctx.rank(weight)))  # type: ignore[arg-type]
+    w = windows(ctx, node, kernel)
+    full = ctx.em.ConvTranspose(
+        ctx.to_rows(g), weight,
+        strides=w.strides, dilations=w.dilations, group=node.attributes.get_int("group", 1),
+        kernel_shape=kernel,
+    )
+    gx = ctx.from_rows(crop_to_input(ctx, full, w), g)
+    return [gx] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Gemm")
+def gemm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # Y = alpha * A' B' + beta * C with A' = A or A^T, B' = B or B^T (all 2-D).
+    em = ctx.em
+    a, b = node.inputs[0], node.inputs[1]
+    alpha = node.attributes.get_float("alpha", 1.0)
+    beta = node.attributes.get_float("beta", 1.0)
+    trans_a, trans_b = node.attributes.get_int("transA", 0), node.attributes.get_int("transB", 0)
+    g_out = g
+    if alpha != 1.0:
+        g = em.Mul(g, em.scalar(alpha, like=node.outputs[0]))
+    b_rows = b if trans_b else em.Transpose(b, perm=[1, 0])  # B'^T
+    ga = em.MatMul(g, b_rows)  # dL/dA' = g B'^T : [K, M, k]
+    if trans_a:
+        ga = em.transpose_last2(ga, 3)
+    a_cols = em.Transpose(a, perm=[1, 0]) if not trans_a else a  # A'^T
+    gb = em.MatMul(a_cols, g)  # dL/dB' = A'^T g : [K, k, N]
+    if trans_b:
+        gb = em.transpose_last2(gb, 3)
+    result = [ga, gb]
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        gc = g_out if beta == 1.0 else em.Mul(g_out, em.scalar(beta, like=node.outputs[0]))
+        result.append(ctx.sum_to(gc, node.inputs[2], ctx.dims(node.outputs[0])))
+    return result
+
+
+@rule("MatMul")
+def matmul(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em = ctx.em
+    a, b = node.inputs
+    a_dims, b_dims = ctx.dims(a), ctx.dims(b)  # type: ignore[arg-type]
+    if len(a_dims) < 2 or len(b_dims) < 2:
+        raise ctx.fail(node, "1-D MatMul operands are not supported")
+    out_dims = ctx.dims(node.outputs[0])
+    batch = out_dims[:-2]
+    ga = em.MatMul(g, em.transpose_last2(b, len(b_dims)))  # [K, *batch, n, k]
+    gb = em.MatMul(em.transpose_last2(a, len(a_dims)), g)  # [K, *batch, k, m]
+    return [
+        ctx.sum_to(ga, a, batch + a_dims[-2:]),  # type: ignore[arg-type]
+        ctx.sum_to(gb, b, batch + b_dims[-2:]),  # type: ignore[arg-type]
+    ]

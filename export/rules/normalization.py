@@ -1,0 +1,86 @@
+"""Normalisations in inference form: BatchNormalization, InstanceNormalization,
+LayerNormalization, LRN."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from varrt.export.rules import rule
+from varrt.export.rules.context import Context
+
+
+@rule("BatchNormalization")
+def batch_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # Inference: an affine map per channel, y = x * scale / sqrt(var + eps) + shift.
+    em, x, scale, var = ctx.em, node.inputs[0], node.inputs[1], node.inputs[4]
+    if node.attributes.get_int("training_mode", 0):
+        raise ctx.fail(node, "BatchNormalization in training mode")
+    eps = node.attributes.get_float("epsilon", 1e-5)
+    per_channel = em.Div(scale, em.Sqrt(em.Add(var, em.scalar(eps, like=x))))  # type: ignore[arg-type]
+    spatial = list(range(1, ctx.rank(x) - 1))  # type: ignore[arg-type]
+    if spatial:
+        per_channel = em.unsqueeze(per_channel, spatial)
+    return [em.Mul(g, per_channel)] + [None] * (len(node.inputs) - 1)
+
+
+def _normalized_vjp(ctx: Context, x: ir.Value, g_hat: ir.Value, axes: list[int], eps: float) -> ir.Value:
+    """d/dx of x_hat = (x - mean) / sqrt(var + eps) over ``axes`` (forward axes), given dL/dx_hat:
+    rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat))."""
+    em = ctx.em
+    mean = em.reduce_mean(x, axes)
+    centred = em.Sub(x, mean)
+    rstd = em.Reciprocal(em.Sqrt(em.Add(em.reduce_mean(em.Mul(centred, centred), axes), em.scalar(eps, like=x))))
+    x_hat = em.Mul(centred, rstd)
+    cot_axes = [a + 1 for a in axes]
+    term = em.Add(em.reduce_mean(g_hat, cot_axes), em.Mul(x_hat, em.reduce_mean(em.Mul(g_hat, x_hat), cot_axes)))
+    return em.Mul(rstd, em.Sub(g_hat, term))
+
+
+@rule("InstanceNormalization")
+def instance_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x, scale = ctx.em, node.inputs[0], node.inputs[1]
+    rank = ctx.rank(x)  # type: ignore[arg-type]
+    gamma = em.unsqueeze(scale, list(range(1, rank - 1)))  # type: ignore[arg-type]
+    eps = node.attributes.get_float("epsilon", 1e-5)
+    return [_normalized_vjp(ctx, x, em.Mul(g, gamma), list(range(2, rank)), eps), None, None]  # type: ignore[arg-type]
+
+
+@rule("LayerNormalization", since=17)
+def layer_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x, scale = ctx.em, node.inputs[0], node.inputs[1]
+    rank = ctx.rank(x)  # type: ignore[arg-type]
+    axis = node.attributes.get_int("axis", -1) % rank
+    eps = node.attributes.get_float("epsilon", 1e-5)
+    gx = _normalized_vjp(ctx, x, em.Mul(g, scale), list(range(axis, rank)), eps)  # type: ignore[arg-type]
+    return [gx] + [None] * (len(node.inputs) - 1)
+
+
+@rule("LRN")
+def lrn(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # y_c = x_c * d_c^-beta,  d_c = bias + alpha/size * sum_{j in window(c)} x_j^2, so
+    # dL/dx_j = g_j d_j^-beta - 2 beta alpha/size x_j sum_{c: j in window(c)} g_c x_c d_c^(-beta-1).
+    em, x, y = ctx.em, node.inputs[0], node.outputs[0]
+    size = node.attributes.get_int("size")
+    alpha = node.attributes.get_float("alpha", 1e-4)
+    beta = node.attributes.get_float("beta", 0.75)
+    bias = node.attributes.get_float("bias", 1.0)
+    channels = ctx.static_dims(node, x, [1])[0]  # type: ignore[arg-type]
+    rank = ctx.rank(x)  # type: ignore[arg-type]
+    band = np.zeros((channels, channels), dtype=np.float32)  # band[c, j] = j in window(c)
+    for c in range(channels):
+        band[c, max(0, c - (size - 1) // 2): min(channels, c + (size - 1) - (size - 1) // 2 + 1)] = 1.0
+
+    def channel_matmul(v: ir.Value, matrix: np.ndarray, v_rank: int, axis: int) -> ir.Value:
+        last = list(range(v_rank))
+        last.append(last.pop(axis))
+        moved = em.MatMul(em.Transpose(v, perm=last), em.const(matrix))
+        back = list(np.argsort(last))
+        return em.Transpose(moved, perm=[int(p) for p in back])
+
+    d = em.Add(em.scalar(bias, like=x),
+               em.Mul(em.scalar(alpha / size, like=x), channel_matmul(em.Mul(x, x), band.T, rank, 1)))  # type: ignore[arg-type]
+    d_pow = em.Pow(d, em.scalar(-beta, like=x))
+    inner = em.Mul(em.Mul(g, y), em.Reciprocal(d))  # g_c x_c d_c^(-beta-1) = g_c y_c / d_c
+    spread = channel_matmul(inner, band, rank + 1, 2)
+    gx = em.Sub(em.Mul(g, d_pow), em.Mul(em.scalar(2.0 * beta * alpha / size, like=x), em.Mul(x, spread)))  # type: ignore[arg-type]
+    return [gx]
