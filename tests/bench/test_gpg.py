@@ -70,9 +70,7 @@ def test_oracle_maps_score_one_and_uniform_maps_a_quarter(colour_setup):
     report = result.to_json()
     assert report["grids"] == 24 and report["cells"] == 96
     summary = report["methods"]["gradient"]
-    assert summary["base"]["mean"] == pytest.approx(0.25) and summary["var_minus_base"][
-        "mean"
-    ] == pytest.approx(-0.25)
+    assert summary["base"]["mean"] == pytest.approx(0.25) and summary["var_minus_base"]["mean"] == pytest.approx(-0.25)
 
 
 def test_explainer_gets_the_var_settings(colour_setup):

@@ -102,9 +102,7 @@ def test_ssim_identical_maps_is_one_and_matches_skimage():
     a = rng.uniform(size=(32, 40))
     b = np.clip(a + rng.normal(scale=0.2, size=a.shape), 0, 1)
     assert metrics.ssim(a, a) == pytest.approx(1.0)
-    reference = skimage_metrics.structural_similarity(
-        a, b, data_range=1.0, win_size=7, gaussian_weights=False
-    )
+    reference = skimage_metrics.structural_similarity(a, b, data_range=1.0, win_size=7, gaussian_weights=False)
     assert metrics.ssim(a, b) == pytest.approx(reference, abs=1e-10)
 
 
