@@ -1,0 +1,25 @@
+"""Pin varrt.kernels' public surface and run its docstring examples."""
+
+from __future__ import annotations
+
+import doctest
+import inspect
+
+import pytest
+import varrt.kernels
+from varrt.kernels import maps, var_graph, var_numpy
+
+
+def test_public_api():
+    assert varrt.kernels.__all__ == ["append_var", "var_maps"]
+    assert str(inspect.signature(varrt.kernels.var_maps)) == (
+        "(attributions: 'Any', temperature: 'float' = 10.0, tau: 'float' = 0.01) -> 'Any'")
+    assert str(inspect.signature(varrt.kernels.append_var)) == (
+        "(tape: 'ir_tape.Tape', attributions: 'ir.Value', *, temperature: 'float', tau: 'float', "
+        "opset: 'int') -> 'ir.Value'")
+
+
+@pytest.mark.parametrize("module", [maps, var_graph, var_numpy], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    result = doctest.testmod(module, raise_on_error=False)
+    assert result.attempted > 0 and result.failed == 0
