@@ -31,7 +31,10 @@ THREADS = 256
 # Enough resident blocks to saturate the memory system; the grid-stride loop does the rest.
 BLOCKS_PER_SM = 8
 
-_modules: dict[int, tuple[Any, str]] = {}
+# Per device: (RawModule, where it came from, number of SMs). Looking these up costs driver calls,
+# too many to repeat on every launch.
+_modules: dict[int, tuple[Any, str, int]] = {}
+_kernels: dict[tuple[int, str], Any] = {}
 
 
 def kernel_name(dtype: np.dtype, k: int, vector: bool) -> str:
@@ -54,8 +57,8 @@ def all_kernel_names() -> list[str]:
     return names
 
 
-def _load_module(cp: Any) -> tuple[Any, str]:
-    """The RawModule for the current device and where it came from ('fatbin:PATH' or 'nvrtc')."""
+def _load_module(cp: Any) -> tuple[Any, str, int]:
+    """The current device's RawModule, where it came from ('fatbin:PATH' or 'nvrtc'), its SMs."""
     device = cp.cuda.Device().id
     if device in _modules:
         return _modules[device]
@@ -80,8 +83,18 @@ def _load_module(cp: Any) -> tuple[Any, str]:
     if module is None:
         module = cp.RawModule(code=SOURCE.read_text(), options=("--std=c++11",))
         module.get_function(all_kernel_names()[0])
-    _modules[device] = (module, origin)
+    sms = int(cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMultiProcessorCount, device))
+    _modules[device] = (module, origin, sms)
     return _modules[device]
+
+
+def _kernel(cp: Any, name: str) -> tuple[Any, int]:
+    """The entry point ``name`` on the current device, and that device's SM count."""
+    device = cp.cuda.Device().id
+    _, _, sms = _load_module(cp)
+    if (device, name) not in _kernels:
+        _kernels[device, name] = _modules[device][0].get_function(name)
+    return _kernels[device, name], sms
 
 
 def module_origin() -> str:
@@ -126,9 +139,7 @@ def var_maps_cupy(attributions: Any, temperature: float = 10.0, tau: float = 0.0
     name = kernel_name(x.dtype, k, vector)
     vec = 4 if name.endswith("_v4") else 1
     groups = n * plane // vec
-    module, _ = _load_module(cp)
-    kernel = module.get_function(name)
-    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    kernel, sms = _kernel(cp, name)
     blocks = max(1, min((groups + THREADS - 1) // THREADS, sms * BLOCKS_PER_SM))
     kernel((blocks,), (THREADS,),
            (x, y, np.int64(groups), np.int32(k), np.int64(plane), np.float32(temperature), np.float32(tau)))

@@ -240,8 +240,9 @@ def test_fatbin_loads_when_built(cp, monkeypatch):
         pytest.skip("kernels/var.fatbin not built: cmake -S . -B build/cuda && cmake --build build/cuda")
     monkeypatch.setenv(var_cupy.FATBIN_ENV, str(FATBIN))
     monkeypatch.setattr(var_cupy, "_modules", {})
+    monkeypatch.setattr(var_cupy, "_kernels", {})
     assert var_cupy.module_origin() == f"fatbin:{FATBIN}"
-    module, _ = var_cupy._modules[cp.cuda.Device().id]
+    module = var_cupy._modules[cp.cuda.Device().id][0]
     for name in all_kernel_names():
         module.get_function(name)
     a = (np.random.default_rng(4).standard_normal((2, 5, 4, 4)) * 0.2).astype(np.float32)
@@ -252,6 +253,7 @@ def test_nvrtc_fallback_compiles_the_source(cp, monkeypatch, tmp_path):
     monkeypatch.delenv(var_cupy.FATBIN_ENV, raising=False)
     monkeypatch.setattr(var_cupy, "FATBIN", tmp_path / "absent.fatbin")
     monkeypatch.setattr(var_cupy, "_modules", {})
+    monkeypatch.setattr(var_cupy, "_kernels", {})
     assert var_cupy.module_origin() == "nvrtc"
     a = (np.random.default_rng(5).standard_normal((2, 70, 3, 3)) * 0.2).astype(np.float16)
     assert_var_close(run_poisoned(cp, a), a, rtol=1e-3)
