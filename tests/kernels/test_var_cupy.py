@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -87,7 +88,7 @@ def test_import_does_not_need_cupy():
             "builtins.__import__ = guard\n"
             "import numpy as np, varrt.kernels as K\n"
             "print(K.var_maps(np.ones((1, 2, 3), np.float32)).shape)")
-    done = subprocess.run([shutil.which("python") or "python", "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "(1, 2, 3)"
 
