@@ -14,8 +14,8 @@ import argparse
 import contextlib
 import importlib
 import os
+import secrets
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -63,9 +63,7 @@ def parse_class_spec(text: str) -> str | int | list[int]:
         try:
             return [int(part) for part in text.split(",") if part.strip()]
         except ValueError:
-            raise UsageError(
-                f"--classes {text!r}: a list of class ids must be integers, e.g. 281,285"
-            ) from None
+            raise UsageError(f"--classes {text!r}: a list of class ids must be integers, e.g. 281,285") from None
     if text.isdigit():
         return int(text)
     return text
@@ -78,10 +76,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     Readers never see a half-written file, and an interrupted run leaves the old file intact.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    # A unique name that the writer creates itself, so the file gets the usual umask permissions
+    # (mkstemp would leave it readable by its owner only).
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        yield Path(temporary)
+        yield temporary
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -385,9 +384,7 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
         help="gradcam/guided_gradcam: the feature map to use (a value name; default: the last 4-D one)",
     )
     group.add_argument("--steps", type=int, help="integrated_gradients: interpolation steps (default 32)")
-    group.add_argument(
-        "--baseline", type=float, help="integrated_gradients: baseline pixel value (default 0.0)"
-    )
+    group.add_argument("--baseline", type=float, help="integrated_gradients: baseline pixel value (default 0.0)")
     group.add_argument("--samples", type=int, help="smoothgrad: noisy samples per image (default 16)")
     group.add_argument(
         "--noise", type=float, help="smoothgrad: noise std as a fraction of the input range (default 0.15)"
@@ -415,9 +412,7 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
     )
     parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier (input [N, C, H, W])")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files, or directories of them")
-    parser.add_argument(
-        "--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)"
-    )
+    parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
     parser.add_argument("--method", "-m", default="guided_backprop", help=_method_help("guided_backprop"))
     parser.add_argument(
         "--classes",
@@ -436,8 +431,7 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (default 8)")
     prep = parser.add_argument_group(
-        "preprocessing (default: the model's metadata, else imagenet; resize shorter side to size/0.875, "
-        "centre crop)"
+        "preprocessing (default: the model's metadata, else imagenet; resize shorter side to size/0.875, centre crop)"
     )
     prep.add_argument(
         "--preset",
@@ -482,9 +476,7 @@ def add_demo_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
             "and prints each photo's top class and where the files are."
         ),
     )
-    parser.add_argument(
-        "--out", "-o", default=DEMO_OUT, metavar="DIR", help=f"output directory (default ./{DEMO_OUT})"
-    )
+    parser.add_argument("--out", "-o", default=DEMO_OUT, metavar="DIR", help=f"output directory (default ./{DEMO_OUT})")
     parser.add_argument("--method", "-m", default="guided_backprop", help=_method_help("guided_backprop"))
     parser.add_argument(
         "--backend",
@@ -521,12 +513,8 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         help="choose classes inside the graph: topK, topK+min, K or ids 281,285 (default: fed through "
         "the class_ids input)",
     )
-    parser.add_argument(
-        "--var", action="store_true", help="also output var_attributions (VAR inside the graph)"
-    )
-    parser.add_argument(
-        "--temperature", type=float, default=10.0, help="VAR softmax temperature T (default 10)"
-    )
+    parser.add_argument("--var", action="store_true", help="also output var_attributions (VAR inside the graph)")
+    parser.add_argument("--temperature", type=float, default=10.0, help="VAR softmax temperature T (default 10)")
     parser.add_argument("--tau", type=float, default=0.01, help="VAR threshold tau (default 0.01)")
     _add_method_options(parser)
     parser.set_defaults(run=_run_export)
@@ -570,9 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `varrt COMMAND --help` for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"varrt {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", default=False, help="show the full traceback of errors"
-    )
+    parser.add_argument("--debug", action="store_true", default=False, help="show the full traceback of errors")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     parent = _common_parent()
     for register in SUBCOMMANDS:
@@ -601,7 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {error.filename}" if error.filename else ""
         return _report(error, f"{error.strerror or error}{where}", 1, args.debug)
     except Exception as error:
-        message = f"internal error ({type(error).__name__}: {error}); run with --debug for the traceback"
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        message = f"internal error ({type(error).__name__}: {first}); run with --debug for the traceback"
         return _report(error, message, 1, args.debug)
 
 
