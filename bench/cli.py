@@ -98,9 +98,7 @@ def _method_list(known: Sequence[str]) -> Callable[[str], list[str]]:
         methods = list(known) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
         unknown = [m for m in methods if m not in known]
         if unknown or not methods:
-            raise argparse.ArgumentTypeError(
-                f"unknown method(s) {', '.join(unknown)}: use {', '.join(known)} or all"
-            )
+            raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown)}: use {', '.join(known)} or all")
         return methods
 
     return parse
@@ -183,14 +181,42 @@ def _common(parser: argparse.ArgumentParser, out_default: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _method_option_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--steps-ig",
+        dest="ig_steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="integrated gradients: interpolation steps (default: the exporter's)",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=None, metavar="N", help="smoothgrad: noisy samples (default: the exporter's)"
+    )
+    parser.add_argument(
+        "--layer",
+        default=None,
+        help="gradcam / guided_gradcam: feature map (tensor name; default: the exporter's choice)",
+    )
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per-method Explainer options from the command line (only to the methods that take them)."""
+    options: dict[str, dict[str, Any]] = {}
+    if args.ig_steps is not None:
+        options["integrated_gradients"] = {"steps": args.ig_steps}
+    if args.samples is not None:
+        options["smoothgrad"] = {"samples": args.samples}
+    if args.layer is not None:
+        for method in ("gradcam", "guided_gradcam"):
+            options[method] = {"layer": args.layer}
+    return options
+
+
 def _var_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--temperature", type=float, default=10.0, help="VAR temperature T (default: %(default)s)"
-    )
+    parser.add_argument("--temperature", type=float, default=10.0, help="VAR temperature T (default: %(default)s)")
     parser.add_argument("--tau", type=float, default=0.01, help="VAR threshold tau (default: %(default)s)")
-    parser.add_argument(
-        "--batch-size", type=int, default=8, help="images per explainer run (default: %(default)s)"
-    )
+    parser.add_argument("--batch-size", type=int, default=8, help="images per explainer run (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
 
@@ -218,6 +244,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the bundled photos, labelled by the model's own confident prediction.",
     )
     _common(p, os.path.join(DEFAULT_OUT, "gpg"))
+    _method_option_arguments(p)
     source = p.add_mutually_exclusive_group()
     source.add_argument(
         "--images",
@@ -273,9 +300,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "is sensitive to the model, as it should be.",
     )
     _common(p, os.path.join(DEFAULT_OUT, "sanity"))
-    p.add_argument(
-        "--images", nargs="+", metavar="PATH", help="folders or files of photos (default: the bundled ones)"
-    )
+    _method_option_arguments(p)
+    p.add_argument("--images", nargs="+", metavar="PATH", help="folders or files of photos (default: the bundled ones)")
     p.add_argument(
         "--methods",
         type=_method_list(gpg.METHODS),
@@ -286,8 +312,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=8,
-        help="about this many randomization depths, geometrically "
-        "spaced from 1 layer to all (default: %(default)s)",
+        help="about this many randomization depths, geometrically spaced from 1 layer to all (default: %(default)s)",
     )
     p.add_argument(
         "--depths",
@@ -312,6 +337,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "table adds reference/varrt ratios.",
     )
     _common(p, os.path.join(DEFAULT_OUT, "speed"))
+    _method_option_arguments(p)
     p.add_argument(
         "--methods",
         type=_method_list(speed.METHODS),
@@ -324,9 +350,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="comma-separated backends (default: every one usable here; overrides --backend)",
     )
-    p.add_argument(
-        "--batch-sizes", type=_int_list, default=[32, 64], help="throughput batch sizes (default: 32,64)"
-    )
+    p.add_argument("--batch-sizes", type=_int_list, default=[32, 64], help="throughput batch sizes (default: 32,64)")
     p.add_argument("--classes", default="top4+min", help="class rule, sets K (default: %(default)s, K = 5)")
     p.add_argument("--repeats", type=int, default=10, help="timed batch-1 calls (default: %(default)s)")
     p.add_argument(
@@ -399,6 +423,7 @@ def run_gpg_command(args: argparse.Namespace) -> int:
         tau=args.tau,
         batch_size=args.batch_size,
         backend=args.backend,
+        method_options=_method_options(args),
         progress=progress,
     )
     progress.close()
@@ -419,9 +444,7 @@ def run_gpg_command(args: argparse.Namespace) -> int:
         written.append(plots.gpg_bars(report, out / "gpg.png"))
         names = [name_of(cells[i].label) for i in result.arrangements[0]]
         assert result.example_grid is not None
-        written.append(
-            plots.gpg_examples(result.example_grid, result.example_maps, names, out / "gpg_maps.png")
-        )
+        written.append(plots.gpg_examples(result.example_grid, result.example_maps, names, out / "gpg_maps.png"))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -453,6 +476,7 @@ def run_sanity_command(args: argparse.Namespace) -> int:
         classes=args.classes,
         batch_size=args.batch_size,
         backend=args.backend,
+        method_options=_method_options(args),
         progress=progress,
     )
     progress.close()
@@ -485,6 +509,7 @@ def run_speed_command(args: argparse.Namespace) -> int:
         throughput_repeats=args.throughput_repeats,
         warmup=args.warmup,
         torch_reference=args.torch_reference,
+        method_options=_method_options(args),
         progress=progress,
     )
     progress.close()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import csv
 import os
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,9 +91,7 @@ class GpgResult:
             "settings": self.settings,
             "grids": len(self.arrangements),
             "cells": 4 * len(self.arrangements),
-            "images": [
-                {"path": im.path, "label": im.label, "confidence": im.confidence} for im in self.images
-            ],
+            "images": [{"path": im.path, "label": im.label, "confidence": im.confidence} for im in self.images],
             "arrangements": [list(a) for a in self.arrangements],
             "methods": {
                 s.method: {**s.summary(seed), "scores_base": s.base.tolist(), "scores_var": s.var.tolist()}
@@ -144,9 +142,7 @@ def _cell_prep(prep: Any) -> Any:
     return dataclasses.replace(prep, size=grids.cell_size(prep.size))
 
 
-def predict_probabilities(
-    model: str | os.PathLike[str], inputs: np.ndarray, batch_size: int = 16
-) -> np.ndarray:
+def predict_probabilities(model: str | os.PathLike[str], inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Softmax probabilities of the plain model (no attribution graph needed to classify).
 
     A model whose first output already is a distribution (non-negative rows summing to 1) is
@@ -158,12 +154,8 @@ def predict_probabilities(
     input_name = session.get_inputs()[0].name
     outputs = []
     for start in range(0, len(inputs), batch_size):
-        (scores,) = session.run(
-            [session.get_outputs()[0].name], {input_name: inputs[start : start + batch_size]}
-        )
-        outputs.append(
-            np.asarray(scores, dtype=np.float64).reshape(len(inputs[start : start + batch_size]), -1)
-        )
+        (scores,) = session.run([session.get_outputs()[0].name], {input_name: inputs[start : start + batch_size]})
+        outputs.append(np.asarray(scores, dtype=np.float64).reshape(len(inputs[start : start + batch_size]), -1))
     scores = np.concatenate(outputs)
     if np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
         return scores
@@ -227,9 +219,7 @@ def pointing_scores(attributions: np.ndarray, input_hw: tuple[int, int], has_cha
     """Scores [G, 4]: explanation k of grid g scored against cell k of that grid."""
     saliency = metrics.channel_sum(attributions, has_channels=has_channels)  # [G, 4, H, W]
     masks = grids.cell_masks(input_hw)
-    return np.stack(
-        [metrics.positive_mass_share(saliency[:, k], masks[k]) for k in range(grids.CELLS)], axis=1
-    )
+    return np.stack([metrics.positive_mass_share(saliency[:, k], masks[k]) for k in range(grids.CELLS)], axis=1)
 
 
 def run_method(
@@ -238,9 +228,7 @@ def run_method(
     """Base and VAR attributions for every grid, in batches (one explainer call per batch)."""
     base_parts, var_parts = [], []
     for start in range(0, len(inputs), batch_size):
-        explanation = explainer(
-            inputs[start : start + batch_size], class_ids=class_ids[start : start + batch_size]
-        )
+        explanation = explainer(inputs[start : start + batch_size], class_ids=class_ids[start : start + batch_size])
         base_parts.append(metrics.to_host(explanation.attributions))
         var_parts.append(metrics.to_host(explanation.var))
         progress(min(start + batch_size, len(inputs)), len(inputs), label)
@@ -267,9 +255,7 @@ def imagenet_val_listing(folder: str | os.PathLike[str]) -> tuple[list[pathlib.P
             raise UsageError(f"--imagenet-val {root}: no {name} under it")
         return found
 
-    synsets = [
-        line.split()[0] for line in find("LOC_synset_mapping.txt").read_text().splitlines() if line.strip()
-    ]
+    synsets = [line.split()[0] for line in find("LOC_synset_mapping.txt").read_text().splitlines() if line.strip()]
     index_of = {synset: i for i, synset in enumerate(synsets)}
     files = {p.stem: p for p in root.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png")}
     paths, labels = [], []
@@ -295,10 +281,15 @@ def run_gpg(
     tau: float = 0.01,
     batch_size: int = 8,
     backend: str = "auto",
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
     explainer_factory: Callable[..., Any] | None = None,
     progress: Progress = _no_progress,
 ) -> GpgResult:
-    """Score every method, base and VAR, on the grids ``arrangements`` make of ``cells``."""
+    """Score every method, base and VAR, on the grids ``arrangements`` make of ``cells``.
+
+    ``method_options`` maps a method to extra ``Explainer`` options (``steps`` for integrated
+    gradients, ``layer`` for Grad-CAM...).
+    """
     import time
 
     if not arrangements:
@@ -322,19 +313,24 @@ def run_gpg(
             "tau": tau,
             "backend": backend,
             "k": 4,
+            "method_options": {m: dict(o) for m, o in (method_options or {}).items()},
             "score": "positive part of the channel sum, share inside the class's cell",
         },
         example_grid=pixels[0],
     )
     for method in methods:
+        # The ids here only pick the graph with a class_ids input (K = 4); each call passes the
+        # grid's own classes, which override them.
         explainer = explainer_factory(
             os.fspath(model),
             method=method,
+            classes=list(range(grids.CELLS)),
             backend=backend,
             var=True,
             temperature=temperature,
             tau=tau,
             batch_size=batch_size,
+            **dict((method_options or {}).get(method, {})),
         )
         started = time.perf_counter()
         base, var = run_method(explainer, inputs, class_ids, batch_size, progress, method)

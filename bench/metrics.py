@@ -23,9 +23,7 @@ def to_host(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def channel_sum(
-    attributions: np.ndarray, spatial_ndim: int = 2, has_channels: bool | None = None
-) -> np.ndarray:
+def channel_sum(attributions: np.ndarray, spatial_ndim: int = 2, has_channels: bool | None = None) -> np.ndarray:
     """Sum a signed attribution over its channel axis, keeping the sign.
 
     Input-space methods give [..., C, H, W]; CAM methods already give [..., H, W]. Pass
@@ -117,9 +115,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def _box_means(image: np.ndarray, size: int) -> np.ndarray:
     """Means over every full size x size window (the 'valid' part of a uniform filter)."""
     integral = np.pad(image, ((1, 0), (1, 0))).cumsum(axis=0).cumsum(axis=1)
-    sums = (
-        integral[size:, size:] - integral[:-size, size:] - integral[size:, :-size] + integral[:-size, :-size]
-    )
+    sums = integral[size:, size:] - integral[:-size, size:] - integral[size:, :-size] + integral[:-size, :-size]
     return sums / float(size * size)
 
 

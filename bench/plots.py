@@ -58,9 +58,7 @@ def gpg_bars(report: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
     axes.set_xticks(x, [m.replace("_", "\n") for m in methods])
     axes.set_ylim(0, 1)
     axes.set_ylabel("grid pointing game score")
-    axes.set_title(
-        f"Grid pointing game, {report['cells']} cells in {report['grids']} grids (95% bootstrap CI)"
-    )
+    axes.set_title(f"Grid pointing game, {report['cells']} cells in {report['grids']} grids (95% bootstrap CI)")
     axes.legend(loc="upper right", fontsize=8)
     return _save(figure, path)
 
@@ -105,18 +103,14 @@ def sanity_curves(report: Mapping[str, Any], path: str | os.PathLike[str]) -> st
     for panel, measure in zip(axes, ("spearman", "ssim"), strict=True):
         for index, (method, kinds) in enumerate(report["similarity"].items()):
             color = colors[index % len(colors)]
-            panel.plot(
-                depths, kinds["base"][measure], "--o", color=color, markersize=3, label=f"{method} base"
-            )
+            panel.plot(depths, kinds["base"][measure], "--o", color=color, markersize=3, label=f"{method} base")
             panel.plot(depths, kinds["var"][measure], "-o", color=color, markersize=3, label=f"{method} VAR")
         panel.set_xlabel("layers randomized, from the output (cascading)")
         panel.set_ylabel({"spearman": "Spearman rank correlation", "ssim": "SSIM"}[measure])
         panel.set_ylim(-0.1 if measure == "spearman" else 0, 1.05)
         panel.axhline(0, color="black", linewidth=0.5)
     axes[1].legend(fontsize=7, ncol=2)
-    figure.suptitle(
-        "Cascading randomization: similarity to the original model's map (lower = more sensitive)"
-    )
+    figure.suptitle("Cascading randomization: similarity to the original model's map (lower = more sensitive)")
     return _save(figure, path)
 
 
@@ -149,9 +143,7 @@ def speed_bars(report: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
     methods = list(dict.fromkeys(row["method"] for row in rows))
     flows = list(dict.fromkeys(row["flow"] for row in rows))
     batch_sizes = sorted({int(b) for row in rows for b in row.get("throughput", {})})
-    figure, axes = plt.subplots(
-        1, 1 + len(batch_sizes), figsize=(5 * (1 + len(batch_sizes)), 4), squeeze=False
-    )
+    figure, axes = plt.subplots(1, 1 + len(batch_sizes), figsize=(5 * (1 + len(batch_sizes)), 4), squeeze=False)
     width = 0.8 / max(len(flows), 1)
     x = np.arange(len(methods))
     for f, flow in enumerate(flows):
@@ -166,9 +158,7 @@ def speed_bars(report: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
     for b, batch in enumerate(batch_sizes):
         axes[0, b + 1].set_ylabel(f"throughput, batch {batch} (images/s)")
     for panel in axes[0]:
-        panel.set_xticks(
-            x + width * (len(flows) - 1) / 2, [m.replace("_", "\n") for m in methods], fontsize=7
-        )
+        panel.set_xticks(x + width * (len(flows) - 1) / 2, [m.replace("_", "\n") for m in methods], fontsize=7)
     axes[0, 0].legend(fontsize=7)
     figure.suptitle(f"K = {report['settings']['k']} classes per image")
     return _save(figure, path)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,9 +64,7 @@ def weight_layers(model: onnx.ModelProto) -> list[Layer]:
         if node.op_type not in LAYER_OPS:
             continue
         if node.op_type == "MatMul":
-            weight = next(
-                (n for n in node.input if n in initializers and len(initializers[n].dims) >= 2), None
-            )
+            weight = next((n for n in node.input if n in initializers and len(initializers[n].dims) >= 2), None)
         else:
             weight = node.input[1] if len(node.input) > 1 and node.input[1] in initializers else None
         if weight is None:
@@ -168,8 +166,7 @@ def similarities(original: np.ndarray, randomized: np.ndarray) -> dict[str, floa
     """Mean Spearman and SSIM over images; NaN pairs (a constant map) are left out of the mean."""
     rho = [metrics.spearman(a, b) for a, b in zip(original, randomized, strict=True)]
     structural = [
-        metrics.ssim(metrics.unit_scale(a), metrics.unit_scale(b))
-        for a, b in zip(original, randomized, strict=True)
+        metrics.ssim(metrics.unit_scale(a), metrics.unit_scale(b)) for a, b in zip(original, randomized, strict=True)
     ]
     return {
         "spearman": float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"),
@@ -190,6 +187,7 @@ def run_sanity(
     classes: str = "top4+min",
     batch_size: int = 8,
     backend: str = "auto",
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
     explainer_factory: Callable[..., Any] | None = None,
     progress: Progress = _no_progress,
 ) -> SanityResult:
@@ -233,13 +231,12 @@ def run_sanity(
         for method in methods:
             class_ids: np.ndarray | None = None
             reference: tuple[np.ndarray, np.ndarray] | None = None
-            curves: dict[str, dict[str, list[float]]] = {
-                kind: {"spearman": [], "ssim": []} for kind in ("base", "var")
-            }
+            curves: dict[str, dict[str, list[float]]] = {kind: {"spearman": [], "ssim": []} for kind in ("base", "var")}
             step_maps: dict[str, list[np.ndarray]] = {"base": [], "var": []}
             for depth in depths:
                 graph = original if depth == 0 else randomize_top_layers(original, depth, seed)
-                explainer = explainer_factory(graph, method=method, cache_dir=scratch, **options)
+                extra = dict((method_options or {}).get(method, {}))
+                explainer = explainer_factory(graph, method=method, cache_dir=scratch, **options, **extra)
                 explanation = explainer(inputs, class_ids=class_ids)
                 if class_ids is None:
                     # Fix the original model's classes: every step explains the same classes.

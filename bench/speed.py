@@ -18,7 +18,7 @@ import importlib.util
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -104,6 +104,7 @@ def measure_varrt(
     throughput_repeats: int,
     warmup: int,
     explainer_factory: Callable[..., Any],
+    method_options: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Latency (batch 1) and throughput (each of ``batch_sizes``) of one method on one backend."""
@@ -113,7 +114,12 @@ def measure_varrt(
     for batch in (1, *batch_sizes):
         images = rng.standard_normal((batch, *shape), dtype=np.float32)
         explainer = explainer_factory(
-            os.fspath(model), method=method, classes=classes, backend=backend, batch_size=batch
+            os.fspath(model),
+            method=method,
+            classes=classes,
+            backend=backend,
+            batch_size=batch,
+            **dict(method_options or {}),
         )
         row["backend_name"] = getattr(explainer, "backend_name", backend)
         seconds = timed_calls(
@@ -164,6 +170,7 @@ def run_speed(
     throughput_repeats: int = 3,
     warmup: int = 1,
     torch_reference: bool | None = None,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
     explainer_factory: Callable[..., Any] | None = None,
     progress: Progress = _no_progress,
 ) -> dict[str, Any]:
@@ -200,6 +207,7 @@ def run_speed(
             "warmup": warmup,
             "input_shape": list(input_shape(model)),
             "cpu_count": os.cpu_count(),
+            "method_options": {m: dict(o) for m, o in (method_options or {}).items()},
         },
         "backends_skipped": skipped,
         "results": [],
@@ -220,6 +228,7 @@ def run_speed(
                     throughput_repeats=throughput_repeats,
                     warmup=warmup,
                     explainer_factory=explainer_factory,
+                    method_options=(method_options or {}).get(method),
                 )
             )
             done += 1
