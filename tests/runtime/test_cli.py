@@ -316,7 +316,17 @@ def test_explain_on_bundled_photos_with_the_demo_model(tmp_path):
 
 
 def test_demo(tmp_path):
-    result = run_varrt("demo", "--out", "demo-out", cwd=tmp_path)
+    # In a fresh interpreter, so that it also shows the runtime never imports torch.
+    code = (
+        "import sys, varrt.cli\n"
+        "status = varrt.cli.main(['demo', '--out', 'demo-out'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(status)\n"
+    )
+    env = dict(os.environ, VARRT_CACHE_DIR=str(tmp_path / ".varrt-cache"))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     out = tmp_path / "demo-out"
     for photo in data.demo_images():
@@ -330,3 +340,20 @@ def test_demo(tmp_path):
     lines = result.stdout
     assert "coffee.jpg: espresso" in lines and "chelsea.jpg:" in lines and "cat" in lines
     assert str(out.resolve()) in lines
+
+
+def test_progress_bar_draws_only_on_terminals():
+    import io
+
+    from varrt.progress import Progress
+
+    quiet = io.StringIO()
+    with Progress(2, "x", stream=quiet) as bar:  # StringIO is not a terminal
+        bar.update(2)
+    assert quiet.getvalue() == ""
+    drawn = io.StringIO()
+    with Progress(2, "explain", stream=drawn, enabled=True) as bar:
+        bar.update(1, note="a.jpg")
+        bar.update(1, note="b.jpg")
+    text = drawn.getvalue()
+    assert text.startswith("\rexplain [") and "2/2" in text and "b.jpg" in text and text.endswith("\n")
