@@ -64,8 +64,8 @@ def load_classifier(proto: onnx.ModelProto, name: str = "model") -> Classifier:
         raise ModelError(f"{name}: fails onnx.checker: {_first_line(error)}") from None
     model = ir.serde.deserialize_model(proto)
     ir_passes.RemoveInitializersFromInputsPass()(model)
-    _fold_constants(model.graph)
-    _infer_shapes(model, name)
+    fold_constants(model.graph)
+    infer_shapes(model, name)
     data_input = _data_input(model.graph, name)
     return Classifier(model, data_input, _logits_source(model.graph, name), opset)
 
@@ -80,7 +80,7 @@ def _default_opset(proto: onnx.ModelProto, name: str) -> int:
     return opset
 
 
-def _infer_shapes(model: ir.Model, name: str) -> None:
+def infer_shapes(model: ir.Model, name: str) -> None:
     try:
         ir_passes.ShapeInferencePass(strict_mode=False)(model)
     except Exception as error:
@@ -115,7 +115,7 @@ def _logits_source(graph: ir.Graph, name: str) -> ir.Value:
 
 
 # -- constant folding ------------------------------------------------------------------------
-def _fold_constants(graph: ir.Graph) -> None:
+def fold_constants(graph: ir.Graph) -> None:
     """Replace every value computable from constants alone by an initializer."""
     from onnx.reference import ReferenceEvaluator
 

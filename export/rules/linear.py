@@ -11,7 +11,7 @@ from varrt.export.rules.spatial import crop_to_input, windows
 @rule("Conv")
 def conv(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # d/dx of a convolution is the transposed convolution with the same weights.
-    x, weight = node.inputs[0], node.inputs[1]
+    weight = node.inputs[1]
     kernel = ctx.static_dims(node, weight, range(2, ctx.rank(weight)))  # type: ignore[arg-type]
     w = windows(ctx, node, kernel)
     full = ctx.em.ConvTranspose(

@@ -45,7 +45,7 @@ def reduce_max(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     x, y = node.inputs[0], node.outputs[0]
     axes = _reduced_axes(ctx, node)
     y_kept = y if node.attributes.get_int("keepdims", 1) else ctx.em.unsqueeze(y, axes)
-    spread = spread_over_maxima(ctx, x, y_kept, _kept(ctx, node, g, axes), [a + 1 for a in axes])  # type: ignore[arg-type]
+    spread = spread_over_maxima(ctx, x, y_kept, _kept(ctx, node, g, axes), axes)  # type: ignore[arg-type]
     return [spread] + [None] * (len(node.inputs) - 1)
 
 

@@ -68,14 +68,20 @@ def _probe(node: ir.Node, opset: int, scales: list[float], sizes: list[int], sca
         if node.op_type == "Upsample" or opset < 11:
             extras.append(onnx.numpy_helper.from_array(np.asarray(axis_scales, np.float32), "scales"))
             inputs = ["x", "scales"]
-        elif scales_given:
-            extras.append(onnx.numpy_helper.from_array(np.asarray(axis_scales, np.float32), "scales"))
-            inputs = ["x", "", "scales"]
         else:
-            # Only the probed axis changes size; the batch axis holds the one-hot basis.
-            probe_sizes = [in_size, 1] + [sizes[axis] if a == axis else 1 for a in range(spatial_rank)]
-            extras.append(onnx.numpy_helper.from_array(np.asarray(probe_sizes, np.int64), "sizes"))
-            inputs = ["x", "", "", "sizes"]
+            # Opsets 11-12 require roi and scales inputs even when empty.
+            empty = onnx.numpy_helper.from_array(np.zeros(0, np.float32), "empty")
+            optional = "" if opset >= 13 else "empty"
+            if opset < 13:
+                extras.append(empty)
+            if scales_given:
+                extras.append(onnx.numpy_helper.from_array(np.asarray(axis_scales, np.float32), "scales"))
+                inputs = ["x", optional, "scales"]
+            else:
+                # Only the probed axis changes size; the batch axis holds the one-hot basis.
+                probe_sizes = [in_size, 1] + [sizes[axis] if a == axis else 1 for a in range(spatial_rank)]
+                extras.append(onnx.numpy_helper.from_array(np.asarray(probe_sizes, np.int64), "sizes"))
+                inputs = ["x", optional, optional, "sizes"]
         node_proto = onnx.helper.make_node(node.op_type, inputs, ["y"], **attributes)
         return node_proto, extras
 

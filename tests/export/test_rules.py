@@ -1,0 +1,268 @@
+"""Every registered VJP rule against central finite differences.
+
+One row per case: an op, its opset, attributes and inputs. The check is the inner-product test
+<c, J t> = <J^T c, t> for K = 2 random cotangents c and one random direction t: J t by central
+differences of the op evaluated by ONNX Runtime in float64 where it has a float64 kernel (else in
+float32 with a larger step), J^T c by the emitted backward graph run with ONNX Runtime in float32.
+onnx.reference is not used as the forward: its Softmax-11 (axis coercion) and LRN disagree with
+the spec and with ONNX Runtime. ``test_every_rule_has_a_case`` makes a new rule fail until it
+has a row here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnxruntime as ort
+import pytest
+from varrt.export.rules import REGISTRY
+from varrt.export.vjp import vjp_model
+
+
+@dataclass
+class In:
+    """An input of the op under test: active (differentiated) or a constant initializer."""
+
+    shape: tuple = ()
+    active: bool = True
+    positive: bool = False
+    value: np.ndarray | None = None  # a fixed constant (axes, indices, shapes...)
+
+    def sample(self, rng: np.random.Generator) -> np.ndarray:
+        if self.value is not None:
+            return np.asarray(self.value)
+        x = rng.standard_normal(self.shape)
+        return np.abs(x) + 0.5 if self.positive else x
+
+
+def X(*shape: int) -> In:
+    return In(shape)
+
+
+def P(*shape: int) -> In:
+    return In(shape, positive=True)
+
+
+def W(*shape: int, positive: bool = False) -> In:
+    return In(shape, active=False, positive=positive)
+
+
+def C(value, dtype=np.int64) -> In:
+    """A constant kept in its own dtype (axes, indices, scales)."""
+    return In(active=False, value=np.asarray(value, dtype=dtype))
+
+
+def F(value) -> In:
+    """A float constant in the dtype under test (Clip bounds, exponents)."""
+    return In(active=False, value=np.asarray(value, dtype=np.float64), positive=True)
+
+
+NONE = None
+
+
+@dataclass
+class Case:
+    op: str
+    inputs: list
+    opset: int = 17
+    attrs: dict = field(default_factory=dict)
+    outputs: int = 1
+    tol: float = 2e-3
+
+    @property
+    def id(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.attrs.items())
+        return f"{self.op}-op{self.opset}-{extra}"[:90]
+
+
+CASES = [
+    # linear
+    Case("Conv", [X(2, 4, 9, 9), W(6, 2, 3, 3)], attrs=dict(group=2, strides=[2, 2], pads=[1, 0, 2, 1])),
+    Case("Conv", [X(2, 3, 9, 8), W(4, 3, 3, 2), W(4)], attrs=dict(auto_pad="SAME_UPPER", strides=[2, 2])),
+    Case("Conv", [X(1, 3, 11, 11), W(3, 1, 3, 3)], attrs=dict(dilations=[2, 2], group=3, pads=[2, 2, 2, 2])),
+    Case("Conv", [X(2, 3, 10), W(4, 3, 3)], opset=9, attrs=dict(strides=[3], auto_pad="SAME_LOWER")),
+    Case("Gemm", [X(3, 5), W(4, 5), W(4)], attrs=dict(transB=1, alpha=0.5, beta=2.0)),
+    Case("Gemm", [X(5, 3), X(5, 4), X(3, 1)], opset=9, attrs=dict(transA=1)),
+    Case("MatMul", [X(2, 3, 4), W(4, 5)]),
+    Case("MatMul", [X(2, 1, 3, 4), X(5, 4, 2)]),
+    # arithmetic
+    Case("Add", [X(2, 3, 4), X(3, 1)]),
+    Case("Sub", [X(3, 1), X(2, 3, 4)]),
+    Case("Mul", [X(2, 3, 4), X(2, 1, 4)]),
+    Case("Div", [X(2, 3, 4), P(4)]),
+    Case("Sum", [X(2, 3), X(3), X(1, 3)]),
+    Case("Mean", [X(2, 3), X(3)]),
+    Case("Neg", [X(2, 3)]),
+    Case("Pow", [P(2, 3), F(2.5)]),
+    Case("Pow", [P(2, 3), X(3)]),
+    Case("Max", [X(2, 3), X(3), X(2, 1)]),
+    Case("Min", [X(2, 3), X(2, 3)]),
+    Case("Where", [C(np.array([[True, False, True], [False, True, True]]), np.bool_), X(2, 3), X(3)]),
+    Case("Expand", [X(3, 1), C([2, 3, 4])]),
+    Case("Identity", [X(2, 3)]),
+    Case("Dropout", [X(2, 3)], opset=12),
+    Case("Cast", [X(2, 3)], attrs=dict(to=onnx.TensorProto.FLOAT)),
+    # activations
+    Case("Relu", [X(2, 3, 4)]),
+    Case("LeakyRelu", [X(2, 3, 4)], attrs=dict(alpha=0.1)),
+    Case("Elu", [X(2, 3, 4)], attrs=dict(alpha=0.7)),
+    Case("PRelu", [X(2, 3, 4, 4), W(3, 1, 1)]),
+    Case("Clip", [X(2, 3, 4)], opset=9, attrs=dict(min=-0.5, max=0.5)),
+    Case("Clip", [X(2, 3, 4), F(0.0), F(1.0)], opset=13),
+    Case("Clip", [X(2, 3, 4), F(-1.0)], opset=13),
+    Case("Sigmoid", [X(2, 3)]),
+    Case("HardSigmoid", [X(4, 5)], attrs=dict(alpha=0.3, beta=0.4)),
+    Case("HardSwish", [In((4, 5))], opset=14),
+    Case("Tanh", [X(2, 3)]),
+    Case("Erf", [X(2, 3)]),
+    Case("Gelu", [X(2, 3)], opset=20),
+    Case("Gelu", [X(2, 3)], opset=20, attrs=dict(approximate="tanh")),
+    Case("Softplus", [X(2, 3)]),
+    Case("Exp", [X(2, 3)]),
+    Case("Log", [P(2, 3)]),
+    Case("Sqrt", [P(2, 3)]),
+    Case("Reciprocal", [P(2, 3)]),
+    Case("Abs", [X(2, 3)]),
+    # normalisation
+    Case("BatchNormalization", [X(2, 3, 4, 4), W(3), W(3), W(3), W(3, positive=True)], opset=9),
+    Case("BatchNormalization", [X(2, 3, 5), W(3), W(3), W(3), W(3, positive=True)], opset=15,
+         attrs=dict(epsilon=1e-3)),
+    Case("InstanceNormalization", [X(2, 3, 4, 5), W(3), W(3)]),
+    Case("LayerNormalization", [X(2, 3, 6), W(6), W(6)], opset=17),
+    Case("LayerNormalization", [X(2, 3, 4, 2), W(4, 2)], opset=17, attrs=dict(axis=2, epsilon=1e-3)),
+    Case("LRN", [X(2, 5, 3, 3)], attrs=dict(size=3, alpha=0.5, beta=0.75, bias=2.0)),
+    Case("LRN", [X(2, 6, 3, 3)], opset=9, attrs=dict(size=5, alpha=0.3, beta=0.6)),
+    # pooling
+    Case("MaxPool", [X(2, 3, 9, 9)], attrs=dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    Case("MaxPool", [X(2, 3, 8, 8)], attrs=dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1)),
+    Case("MaxPool", [X(1, 2, 9, 9)], opset=12, attrs=dict(kernel_shape=[2, 2], dilations=[2, 2])),
+    Case("MaxPool", [X(2, 3, 9, 9)], opset=9, attrs=dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    Case("MaxPool", [X(2, 3, 10)], attrs=dict(kernel_shape=[3], strides=[2])),
+    Case("AveragePool", [X(2, 3, 9, 9)], attrs=dict(kernel_shape=[3, 3], strides=[2, 2])),
+    Case("AveragePool", [X(2, 3, 9, 9)], attrs=dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    Case("AveragePool", [X(2, 3, 9, 9)],
+         attrs=dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1)),
+    Case("AveragePool", [X(2, 3, 8, 7)], attrs=dict(kernel_shape=[3, 2], strides=[2, 2], ceil_mode=1)),
+    Case("AveragePool", [X(2, 3, 7, 7)], opset=9, attrs=dict(kernel_shape=[2, 2], pads=[1, 0, 1, 0])),
+    Case("GlobalAveragePool", [X(2, 3, 4, 5)]),
+    Case("GlobalMaxPool", [X(2, 3, 4, 5)]),
+    # reductions
+    Case("ReduceMean", [X(2, 3, 4)], opset=13, attrs=dict(axes=[1, 2], keepdims=0)),
+    Case("ReduceMean", [X(2, 3, 4), C([-1])], opset=18),
+    Case("ReduceSum", [X(2, 3, 4)], opset=11, attrs=dict(axes=[1], keepdims=1)),
+    Case("ReduceSum", [X(2, 3, 4), C([0, 2])], opset=13, attrs=dict(keepdims=0)),
+    Case("ReduceMax", [X(2, 3, 4)], opset=13, attrs=dict(axes=[2], keepdims=0)),
+    Case("ReduceMax", [X(2, 3, 4), C([1])], opset=18),
+    Case("Softmax", [X(2, 3, 4)], opset=11, attrs=dict(axis=1)),
+    Case("Softmax", [X(2, 3, 4)], opset=13),
+    Case("LogSoftmax", [X(2, 5)], opset=13, attrs=dict(axis=1)),
+    Case("LogSoftmax", [X(2, 3, 4)], opset=9, attrs=dict(axis=1)),
+    # layout
+    Case("Reshape", [X(2, 3, 4), C([2, -1])]),
+    Case("Flatten", [X(2, 3, 4)], attrs=dict(axis=1)),
+    Case("Transpose", [X(2, 3, 4)], attrs=dict(perm=[0, 2, 1])),
+    Case("Squeeze", [X(2, 1, 3)], opset=11, attrs=dict(axes=[1])),
+    Case("Squeeze", [X(2, 1, 3), C([1])], opset=13),
+    Case("Unsqueeze", [X(2, 3)], opset=11, attrs=dict(axes=[1])),
+    Case("Unsqueeze", [X(2, 3), C([0, 3])], opset=13),
+    Case("Concat", [X(2, 3), X(2, 2), W(2, 1)], attrs=dict(axis=1)),
+    Case("Split", [X(2, 6)], opset=11, attrs=dict(axis=1, split=[2, 4]), outputs=2),
+    Case("Split", [X(4, 3), C([1, 3])], opset=13, outputs=2),
+    Case("Slice", [X(5, 6)], opset=9, attrs=dict(starts=[1, 0], ends=[4, 100], axes=[0, 1])),
+    Case("Slice", [X(2, 9, 8), C([1, -7]), C([8, 8]), C([1, 2]), C([2, 3])], opset=13),
+    Case("Slice", [X(2, 7), C([5]), C([0]), C([1]), C([-2])], opset=13),
+    Case("Gather", [X(2, 5, 3), C(1)], attrs=dict(axis=1)),
+    Case("Gather", [X(2, 5, 3), C([4, 0, 4])], attrs=dict(axis=1)),
+    Case("Gather", [X(6, 3), C([[1, 2], [3, 4]])], attrs=dict(axis=0)),
+    Case("Pad", [X(2, 3, 4)], opset=9, attrs=dict(pads=[0, 1, 2, 0, 2, 1])),
+    Case("Pad", [X(2, 3, 4), C([0, 0, 1, 0, 1, 2])], opset=13),
+    Case("Tile", [X(2, 3), C([2, 3])]),
+    Case("Resize", [X(1, 2, 4, 5), NONE, C([1, 1, 2, 1.5], np.float32)], opset=13,
+         attrs=dict(mode="linear", coordinate_transformation_mode="half_pixel")),
+    Case("Resize", [X(1, 2, 4, 5), NONE, NONE, C([1, 2, 7, 3])], opset=13, attrs=dict(mode="nearest")),
+    Case("Resize", [X(1, 2, 4, 4), C([], np.float32), C([], np.float32), C([1, 2, 7, 9])], opset=11,
+         attrs=dict(mode="linear", coordinate_transformation_mode="align_corners")),
+    Case("Resize", [X(1, 2, 4, 4), C([1, 1, 2, 2], np.float32)], opset=10, attrs=dict(mode="nearest")),
+    Case("Upsample", [X(1, 2, 3, 4), C([1, 1, 2, 2], np.float32)], opset=9, attrs=dict(mode="linear")),
+]
+
+
+def _model(case: Case, rng: np.random.Generator, dtype) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    names, graph_inputs, initializers, feeds = [], [], [], {}
+    for i, spec in enumerate(case.inputs):
+        if spec is None:
+            names.append("")
+            continue
+        name = f"in{i}"
+        names.append(name)
+        value = spec.sample(rng)
+        if spec.value is None or (spec.positive and spec.value is not None):  # random, or F(...)
+            value = value.astype(dtype)
+        if spec.active:
+            graph_inputs.append(oh.make_tensor_value_info(name, oh.np_dtype_to_tensor_dtype(value.dtype), value.shape))
+            feeds[name] = value
+        else:
+            initializers.append(onnx.numpy_helper.from_array(value, name))
+    attrs = dict(case.attrs)
+    if case.op == "Cast":
+        attrs["to"] = oh.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    outs = [f"out{j}" for j in range(case.outputs)]
+    node = oh.make_node(case.op, names, outs, **attrs)
+    graph = oh.make_graph([node], "case", graph_inputs,
+                          [oh.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
+                          initializer=initializers)
+    opsets = [oh.make_opsetid("", case.opset)]
+    model = oh.make_model(graph, opset_imports=opsets, ir_version=max(7, oh.find_min_ir_version_for(opsets)))
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    return model, feeds
+
+
+def _forward(model64: onnx.ModelProto, model32: onnx.ModelProto):
+    """(run(float64 feeds) -> float64 outputs, finite-difference step)."""
+    options = dict(providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(model64.SerializeToString(), **options)
+        return (lambda feeds: session.run(None, feeds)), 1e-6
+    except Exception:  # no float64 kernel for this op: float32 with a step float32 can resolve
+        session32 = ort.InferenceSession(model32.SerializeToString(), **options)
+        return (lambda feeds: [o.astype(np.float64) for o in session32.run(
+            None, {n: v.astype(np.float32) for n, v in feeds.items()})]), 1e-2
+
+
+def test_every_rule_has_a_case():
+    covered = {case.op for case in CASES}
+    assert set(REGISTRY) - covered == set()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_rule_against_finite_differences(case: Case):
+    rng = np.random.default_rng(abs(hash(case.id)) % 2**32)
+    model64, feeds64 = _model(case, rng, np.float64)
+    rng = np.random.default_rng(abs(hash(case.id)) % 2**32)
+    model32, feeds32 = _model(case, rng, np.float32)
+
+    grad_model = vjp_model(model32)
+    onnx.checker.check_model(grad_model, full_check=True)
+    session = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    forward, eps = _forward(model64, model32)
+    feeds = feeds64
+    outputs = forward(feeds)
+
+    k = 2
+    cotangents = {f"cotangent_out{j}": rng.standard_normal((k, *np.shape(o))) for j, o in enumerate(outputs)}
+    direction = {name: rng.standard_normal(v.shape) for name, v in feeds.items()}
+    grads = session.run([f"grad_{n}" for n in feeds32],
+                        {**feeds32, **{n: c.astype(np.float32) for n, c in cotangents.items()}})
+
+    plus = forward({n: v + eps * direction[n] for n, v in feeds.items()})
+    minus = forward({n: v - eps * direction[n] for n, v in feeds.items()})
+    jvp = [(p - m) / (2 * eps) for p, m in zip(plus, minus)]
+    for class_index in range(k):
+        lhs = sum(float(np.sum(cotangents[f"cotangent_out{j}"][class_index] * jvp[j])) for j in range(len(jvp)))
+        rhs = sum(float(np.sum(g[class_index] * direction[n])) for g, n in zip(grads, feeds))
+        scale = sum(float(np.sum(np.abs(cotangents[f"cotangent_out{j}"][class_index] * jvp[j])))
+                    for j in range(len(jvp))) + 1e-6
+        assert abs(lhs - rhs) <= case.tol * scale, f"{case.id}: <c, J t> = {lhs}, <J^T c, t> = {rhs}"
