@@ -229,7 +229,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "bench",
         help="quality and speed benchmarks (grid pointing game, sanity checks, speed)",
         description="Benchmarks of the explanations: grid pointing game (gpg), cascading model randomization "
-        "(sanity), speed of every backend and method (speed), and insertion/deletion curves (deletion). Each "
+        "(sanity) and speed of every backend and method (speed). Each "
         "prints a table and writes a JSON report and PNG plots into --out.",
     )
     commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)

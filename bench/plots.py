@@ -59,7 +59,7 @@ def gpg_bars(report: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
     axes.set_ylim(0, 1)
     axes.set_ylabel("grid pointing game score")
     axes.set_title(f"Grid pointing game, {report['cells']} cells in {report['grids']} grids (95% bootstrap CI)")
-    axes.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="upper left", fontsize=8)
     return _save(figure, path)
 
 
