@@ -16,6 +16,10 @@ only ever adds layers.
 What is compared: the top-1 class's map (class ids fixed from the original model, so every step
 explains the same classes) as the sum of absolute values over channels; Spearman rank
 correlation on the raw magnitudes and SSIM on maps scaled to a maximum of 1.
+Read SSIM with care for sparse maps: VAR zeroes most pixels, and two mostly-zero maps share a
+flat background that SSIM counts as similar structure even when their non-zero pixels differ;
+Spearman, which ranks every pixel, does not reward that. A map that is zero everywhere has no
+ranking: its Spearman value is left out of the mean (NaN when every image's map is empty).
 """
 
 from __future__ import annotations
