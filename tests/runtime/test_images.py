@@ -32,7 +32,8 @@ def _identity_model(shape: list[int | str]) -> onnx.ModelProto:
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, shape)],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 8 (the opset 17 era): onnx 1.23 would default to an IR version onnxruntime cannot load yet.
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def _save(tmp_path, name: str, pixels: np.ndarray) -> str:

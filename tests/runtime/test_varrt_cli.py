@@ -249,7 +249,8 @@ def _tiny_classifier() -> onnx.ModelProto:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
         [numpy_helper.from_array(value, name) for name, value in weights.items()],
     )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 8 (the opset 17 era): onnx 1.23 would default to an IR version onnxruntime cannot load yet.
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def test_export_writes_an_explanation_graph(tmp_path):
@@ -357,3 +358,24 @@ def test_progress_bar_draws_only_on_terminals():
         bar.update(1, note="b.jpg")
     text = drawn.getvalue()
     assert text.startswith("\rexplain [") and "2/2" in text and "b.jpg" in text and text.endswith("\n")
+
+
+def test_explain_fixed_class_ids_labels_and_preset_on_a_small_model(tmp_path):
+    model = _tiny_classifier()
+    for axis in (2, 3):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = 40
+    onnx.save(model, str(tmp_path / "tiny40.onnx"))
+    (tmp_path / "labels.txt").write_text("".join(f"thing {i}\n" for i in range(5)))
+    photos = [str(p) for p in data.demo_images()]
+    result = run_varrt(
+        "explain", "tiny40.onnx", *photos, "-o", "out", "-m", "gradient", "--classes", "0,3",
+        "--labels", "labels.txt", "--preset", "none", "--batch-size", "2", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for photo in data.demo_images():
+        with np.load(tmp_path / "out" / f"{photo.stem}.npz") as saved:
+            np.testing.assert_array_equal(saved["class_ids"], [0, 3])
+            assert list(saved["class_names"]) == ["thing 0", "thing 3"]
+            assert saved["attributions"].shape == (2, 3, 40, 40) == saved["var"].shape
+        with Image.open(tmp_path / "out" / f"{photo.stem}.png") as png:
+            assert png.width == 2 * 40 + 3 * 6
