@@ -175,7 +175,7 @@ class _Builder:
         image.name = f"{image.name}_batched"
         inputs = self.graph.inputs
         inputs[inputs.index(image)] = user
-        self.image, self.wrt = user, image
+        self.image = user
         rank = len(dims)
         stacked_shape = em.Concat(em.ints([-1]), em.shape(user, 1), axis=0)
         if kind == "interpolate":
@@ -199,7 +199,10 @@ class _Builder:
             batched = em.Reshape(em.Concat(em.unsqueeze(user, [0]), noisy, axis=0), stacked_shape)
             weights = np.array([0.0] + [1.0 / samples] * samples)
             blocks = samples + 1
+        batched.type = image.type
+        batched.shape = ir.Shape(["steps_x_N", *dims[1:]])
         image.replace_all_uses_with(batched)
+        self.wrt = batched  # the forward now reads the batch; the old input value is gone
         return blocks, weights
 
     def _seed_blocks(self, seed: ir.Value, weights: np.ndarray) -> ir.Value:
