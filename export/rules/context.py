@@ -33,6 +33,7 @@ class Context:
     em: Emitter
     guided: bool = False  # guided backprop: ReLU-family rules pass only positive cotangents
     output_cotangents: list[Any] = field(default_factory=list)  # of the node at hand, None = none
+    _class_batch: Any = None  # [K, N] as an int64 vector, emitted once per backward pass
 
     @property
     def opset(self) -> int:
@@ -73,6 +74,9 @@ class Context:
 
     def static_dims(self, node: ir.Node, value: ir.Value, axes: Sequence[int]) -> list[int]:
         dims = self.dims(value)
+        if any(a >= len(dims) for a in axes):
+            raise self.fail(node, f"expects '{value.name}' to have more than {max(axes)} dimensions "
+                                  f"(has shape {value.shape})")
         picked = [dims[a] for a in axes]
         if any(d is None for d in picked):
             raise self.fail(node, f"needs static sizes on axes {list(axes)} of '{value.name}' "
@@ -98,10 +102,21 @@ class Context:
         """Reshape a cotangent of the same size to [K, *forward.shape]."""
         return self.em.Reshape(g, self.em.Concat(self.em.ints([-1]), self.em.shape(forward), axis=0))
 
-    def to_rows(self, g: ir.Value) -> ir.Value:
-        """[K, N, ...] -> [K*N, ...]"""
+    def to_rows(self, g: ir.Value, of: ir.Value) -> ir.Value:
+        """[K, N, ...] -> [K*N, ...] for the cotangent ``g`` of forward value ``of``."""
+        tail = self.dims(of)[1:]
+        if all(d is not None for d in tail):  # static: one Reshape with a constant shape
+            return self.em.Reshape(g, self.em.ints([-1, *tail]))  # type: ignore[list-item]
         return self.em.Reshape(g, self.em.Concat(self.em.ints([-1]), self.em.shape(g, 2), axis=0))
 
-    def from_rows(self, rows: ir.Value, g: ir.Value) -> ir.Value:
-        """[K*N, ...] -> [K, N, ...] with K and N taken from the cotangent ``g``."""
-        return self.em.Reshape(rows, self.em.Concat(self.em.shape(g, 0, 2), self.em.shape(rows, 1), axis=0))
+    def from_rows(self, rows: ir.Value, g: ir.Value, of: ir.Value) -> ir.Value:
+        """[K*N, ...] -> [K, N, ...]: ``rows`` becomes a cotangent of forward value ``of``; K and N
+        are read once per backward pass from the cotangent ``g``."""
+        if self._class_batch is None:
+            self._class_batch = self.em.shape(g, 0, 2)
+        tail = self.dims(of)[1:]
+        if all(d is not None for d in tail):
+            shape = self.em.Concat(self._class_batch, self.em.ints(tail), axis=0)  # type: ignore[arg-type]
+        else:
+            shape = self.em.Concat(self._class_batch, self.em.shape(rows, 1), axis=0)
+        return self.em.Reshape(rows, shape)

@@ -84,6 +84,7 @@ CASES = [
     Case("Conv", [X(2, 3, 9, 8), W(4, 3, 3, 2), W(4)], attrs=dict(auto_pad="SAME_UPPER", strides=[2, 2])),
     Case("Conv", [X(1, 3, 11, 11), W(3, 1, 3, 3)], attrs=dict(dilations=[2, 2], group=3, pads=[2, 2, 2, 2])),
     Case("Conv", [X(2, 3, 10), W(4, 3, 3)], opset=9, attrs=dict(strides=[3], auto_pad="SAME_LOWER")),
+    Case("Conv", [X(2, 4, 7, 8), W(6, 2, 3, 2)], attrs=dict(group=2, pads=[1, 0, 2, 1])),
     Case("Gemm", [X(3, 5), W(4, 5), W(4)], attrs=dict(transB=1, alpha=0.5, beta=2.0)),
     Case("Gemm", [X(5, 3), X(5, 4), X(3, 1)], opset=9, attrs=dict(transA=1)),
     Case("MatMul", [X(2, 3, 4), W(4, 5)]),
@@ -128,8 +129,7 @@ CASES = [
     Case("Abs", [X(2, 3)]),
     # normalisation
     Case("BatchNormalization", [X(2, 3, 4, 4), W(3), W(3), W(3), W(3, positive=True)], opset=9),
-    Case("BatchNormalization", [X(2, 3, 5), W(3), W(3), W(3), W(3, positive=True)], opset=15,
-         attrs=dict(epsilon=1e-3)),
+    Case("BatchNormalization", [X(2, 3, 5), W(3), W(3), W(3), W(3, positive=True)], opset=15, attrs=dict(epsilon=1e-3)),
     Case("InstanceNormalization", [X(2, 3, 4, 5), W(3), W(3)]),
     Case("LayerNormalization", [X(2, 3, 6), W(6), W(6)], opset=17),
     Case("LayerNormalization", [X(2, 3, 4, 2), W(4, 2)], opset=17, attrs=dict(axis=2, epsilon=1e-3)),
@@ -143,8 +143,11 @@ CASES = [
     Case("MaxPool", [X(2, 3, 10)], attrs=dict(kernel_shape=[3], strides=[2])),
     Case("AveragePool", [X(2, 3, 9, 9)], attrs=dict(kernel_shape=[3, 3], strides=[2, 2])),
     Case("AveragePool", [X(2, 3, 9, 9)], attrs=dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
-    Case("AveragePool", [X(2, 3, 9, 9)],
-         attrs=dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1)),
+    Case(
+        "AveragePool",
+        [X(2, 3, 9, 9)],
+        attrs=dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], count_include_pad=1),
+    ),
     Case("AveragePool", [X(2, 3, 8, 7)], attrs=dict(kernel_shape=[3, 2], strides=[2, 2], ceil_mode=1)),
     Case("AveragePool", [X(2, 3, 7, 7)], opset=9, attrs=dict(kernel_shape=[2, 2], pads=[1, 0, 1, 0])),
     Case("GlobalAveragePool", [X(2, 3, 4, 5)]),
@@ -180,11 +183,19 @@ CASES = [
     Case("Pad", [X(2, 3, 4)], opset=9, attrs=dict(pads=[0, 1, 2, 0, 2, 1])),
     Case("Pad", [X(2, 3, 4), C([0, 0, 1, 0, 1, 2])], opset=13),
     Case("Tile", [X(2, 3), C([2, 3])]),
-    Case("Resize", [X(1, 2, 4, 5), NONE, C([1, 1, 2, 1.5], np.float32)], opset=13,
-         attrs=dict(mode="linear", coordinate_transformation_mode="half_pixel")),
+    Case(
+        "Resize",
+        [X(1, 2, 4, 5), NONE, C([1, 1, 2, 1.5], np.float32)],
+        opset=13,
+        attrs=dict(mode="linear", coordinate_transformation_mode="half_pixel"),
+    ),
     Case("Resize", [X(1, 2, 4, 5), NONE, NONE, C([1, 2, 7, 3])], opset=13, attrs=dict(mode="nearest")),
-    Case("Resize", [X(1, 2, 4, 4), C([], np.float32), C([], np.float32), C([1, 2, 7, 9])], opset=11,
-         attrs=dict(mode="linear", coordinate_transformation_mode="align_corners")),
+    Case(
+        "Resize",
+        [X(1, 2, 4, 4), C([], np.float32), C([], np.float32), C([1, 2, 7, 9])],
+        opset=11,
+        attrs=dict(mode="linear", coordinate_transformation_mode="align_corners"),
+    ),
     Case("Resize", [X(1, 2, 4, 4), C([1, 1, 2, 2], np.float32)], opset=10, attrs=dict(mode="nearest")),
     Case("Upsample", [X(1, 2, 3, 4), C([1, 1, 2, 2], np.float32)], opset=9, attrs=dict(mode="linear")),
 ]
@@ -211,9 +222,13 @@ def _model(case: Case, rng: np.random.Generator, dtype) -> tuple[onnx.ModelProto
         attrs["to"] = oh.np_dtype_to_tensor_dtype(np.dtype(dtype))
     outs = [f"out{j}" for j in range(case.outputs)]
     node = oh.make_node(case.op, names, outs, **attrs)
-    graph = oh.make_graph([node], "case", graph_inputs,
-                          [oh.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
-                          initializer=initializers)
+    graph = oh.make_graph(
+        [node],
+        "case",
+        graph_inputs,
+        [oh.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in outs],
+        initializer=initializers,
+    )
     opsets = [oh.make_opsetid("", case.opset)]
     model = oh.make_model(graph, opset_imports=opsets, ir_version=max(7, oh.find_min_ir_version_for(opsets)))
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -228,8 +243,11 @@ def _forward(model64: onnx.ModelProto, model32: onnx.ModelProto):
         return (lambda feeds: session.run(None, feeds)), 1e-6
     except Exception:  # no float64 kernel for this op: float32 with a step float32 can resolve
         session32 = ort.InferenceSession(model32.SerializeToString(), **options)
-        return (lambda feeds: [o.astype(np.float64) for o in session32.run(
-            None, {n: v.astype(np.float32) for n, v in feeds.items()})]), 1e-2
+        return (
+            lambda feeds: [
+                o.astype(np.float64) for o in session32.run(None, {n: v.astype(np.float32) for n, v in feeds.items()})
+            ]
+        ), 1e-2
 
 
 def test_every_rule_has_a_case():
@@ -254,8 +272,9 @@ def test_rule_against_finite_differences(case: Case):
     k = 2
     cotangents = {f"cotangent_out{j}": rng.standard_normal((k, *np.shape(o))) for j, o in enumerate(outputs)}
     direction = {name: rng.standard_normal(v.shape) for name, v in feeds.items()}
-    grads = session.run([f"grad_{n}" for n in feeds32],
-                        {**feeds32, **{n: c.astype(np.float32) for n, c in cotangents.items()}})
+    grads = session.run(
+        [f"grad_{n}" for n in feeds32], {**feeds32, **{n: c.astype(np.float32) for n, c in cotangents.items()}}
+    )
 
     plus = forward({n: v + eps * direction[n] for n, v in feeds.items()})
     minus = forward({n: v - eps * direction[n] for n, v in feeds.items()})
@@ -263,6 +282,8 @@ def test_rule_against_finite_differences(case: Case):
     for class_index in range(k):
         lhs = sum(float(np.sum(cotangents[f"cotangent_out{j}"][class_index] * jvp[j])) for j in range(len(jvp)))
         rhs = sum(float(np.sum(g[class_index] * direction[n])) for g, n in zip(grads, feeds))
-        scale = sum(float(np.sum(np.abs(cotangents[f"cotangent_out{j}"][class_index] * jvp[j])))
-                    for j in range(len(jvp))) + 1e-6
+        scale = (
+            sum(float(np.sum(np.abs(cotangents[f"cotangent_out{j}"][class_index] * jvp[j]))) for j in range(len(jvp)))
+            + 1e-6
+        )
         assert abs(lhs - rhs) <= case.tol * scale, f"{case.id}: <c, J t> = {lhs}, <J^T c, t> = {rhs}"
