@@ -60,10 +60,14 @@ def load_classifier(proto: onnx.ModelProto, name: str = "model") -> Classifier:
     opset = _default_opset(proto, name)
     try:
         onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as error:
+    except Exception as error:  # ValidationError, or UnicodeDecodeError on non-UTF-8 names
         raise ModelError(f"{name}: fails onnx.checker: {_first_line(error)}") from None
-    model = ir.serde.deserialize_model(proto)
-    ir_passes.RemoveInitializersFromInputsPass()(model)
+    try:
+        model = ir.serde.deserialize_model(proto)
+        ir_passes.RemoveInitializersFromInputsPass()(model)
+    except Exception as error:  # SerdeError on tensors whose data contradicts their type or dims
+        cause = error.__cause__ or error
+        raise ModelError(f"{name}: cannot read the graph: {_first_line(cause)}") from None
     fold_constants(model.graph)
     infer_shapes(model, name)
     data_input = _data_input(model.graph, name)
@@ -85,6 +89,13 @@ def infer_shapes(model: ir.Model, name: str) -> None:
         ir_passes.ShapeInferencePass(strict_mode=False)(model)
     except Exception as error:
         raise ModelError(f"{name}: ONNX shape inference failed: {_first_line(error)}") from None
+    # ONNX infers negative sizes for windows larger than their input (a kernel of 100 on 8 pixels);
+    # left in, they abort C++ shape code later (std::clamp assertions), so stop here.
+    for node in model.graph:
+        for value in node.outputs:
+            if value.shape is not None and any(isinstance(d, int) and d < 0 for d in value.shape):
+                raise ModelError(f"{name}: {node.op_type} node '{node.name}' gives '{value.name}' an impossible "
+                                 f"shape {list(value.shape)}")
 
 
 def _data_input(graph: ir.Graph, name: str) -> ir.Value:
@@ -92,6 +103,8 @@ def _data_input(graph: ir.Graph, name: str) -> ir.Value:
     if len(graph.inputs) != 1 or len(floats) != 1:
         described = ", ".join(f"{v.name} ({v.dtype})" for v in graph.inputs) or "none"
         raise ModelError(f"{name}: expected exactly one float image input, found: {described}")
+    if floats[0].shape is not None and any(d == 0 for d in floats[0].shape):
+        raise ModelError(f"{name}: input '{floats[0].name}' has a zero-size dimension (shape {floats[0].shape})")
     return floats[0]
 
 
