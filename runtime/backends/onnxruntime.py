@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 from varrt.backends.base import Backend, TensorSpec, resolve_output_shapes
-from varrt.errors import UsageError, VarrtError
+from varrt.errors import ModelError, UsageError, VarrtError
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,10 @@ class OnnxRuntimeCPUBackend(Backend):
                     f"{self.name}: input {name!r} must be a NumPy array, got {type(array).__name__}"
                 )
         names = [spec.name for spec in self.outputs]
-        values = self._session.run(names, feeds)
+        try:
+            values = self._session.run(names, feeds)
+        except Exception as error:  # ORT's Fail / InvalidArgument... name the failing node
+            raise ModelError(f"onnxruntime failed running the explanation graph: {_first_line(error)}") from error
         return dict(zip(names, values, strict=True))
 
     def _close_impl(self) -> None:
@@ -242,7 +245,12 @@ class OnnxRuntimeCUDABackend(Backend):
                     )
                 else:
                     io.bind_output(binding.name, "cuda", self.device_id)
-            self._session.run_with_iobinding(io)
+            try:
+                self._session.run_with_iobinding(io)
+            except Exception as error:
+                raise ModelError(
+                    f"onnxruntime (CUDA) failed running the explanation graph: {_first_line(error)}"
+                ) from error
             device_outputs = [b for b in plan if b.role == "device_output"]
             if device_outputs:
                 by_name = dict(zip(self._session_output_names(), io.get_outputs(), strict=True))
