@@ -12,6 +12,7 @@ differs) is detected and rebuilt instead of being trusted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -35,15 +36,33 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "varrt"
 
 
+@functools.lru_cache(maxsize=1)
+def exporter_fingerprint() -> str:
+    """sha256 of the exporter's own source: a changed rule must not be served a stale graph, even
+    between two builds that share a version number (editable installs, development)."""
+    import varrt.export
+    import varrt.kernels
+
+    digest = hashlib.sha256()
+    for package in (varrt.export, varrt.kernels):
+        root = Path(package.__file__).parent
+        for source in sorted(root.rglob("*.py")):
+            digest.update(source.relative_to(root).as_posix().encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def graph_cache_key(
     model_bytes: bytes, method: str, options: dict[str, Any], version: str = __version__
 ) -> str:
-    """sha256 over the model bytes, the method, its options (order-insensitive) and varrt's version."""
+    """sha256 over the model bytes, the method, its options (order-insensitive), varrt's version
+    and the exporter's source fingerprint."""
     digest = hashlib.sha256()
     digest.update(hashlib.sha256(model_bytes).digest())
     digest.update(
         json.dumps(
-            {"method": method, "options": options, "varrt": version}, sort_keys=True, default=repr
+            {"method": method, "options": options, "varrt": version, "exporter": exporter_fingerprint()},
+            sort_keys=True, default=repr,
         ).encode()
     )
     return digest.hexdigest()
