@@ -65,8 +65,8 @@ def distinct_class_arrangements(
         return []
     rng = np.random.default_rng(seed)
     if len(classes) <= enumerate_up_to:
-        every = [
-            arrangement
+        every: list[tuple[int, int, int, int]] = [
+            arrangement  # type: ignore[misc]
             for arrangement in itertools.permutations(range(len(classes)), CELLS)
             if len({classes[i] for i in arrangement}) == CELLS
         ]

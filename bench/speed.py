@@ -14,6 +14,7 @@ reference time / varrt time (above 1: varrt is faster).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import statistics
@@ -123,7 +124,7 @@ def measure_varrt(
         )
         row["backend_name"] = getattr(explainer, "backend_name", backend)
         seconds = timed_calls(
-            lambda explainer=explainer, images=images: explainer(images),
+            functools.partial(explainer, images),
             throughput_repeats if batch > 1 else repeats,
             warmup,
         )
