@@ -2,8 +2,10 @@
 
 Building an explanation graph differentiates the whole model, so it is done once per
 (model, method, options, varrt version) and kept as an ONNX file. Each file stores its own key in
-its metadata, so a truncated file (fails to parse) or a file written for something else (key
-differs) is detected and rebuilt instead of being trusted.
+its metadata and ends with a sha256 of everything before it (one more metadata entry, appended as
+a protobuf record, so the file stays a plain ONNX model). A truncated or bit-flipped file (checksum
+differs) or a file written for something else (key differs) is reported once and rebuilt instead of
+being trusted.
 
 >>> key = graph_cache_key(b"model bytes", "gradient", {"classes": "top5"})
 >>> len(key)
@@ -28,6 +30,26 @@ logger = logging.getLogger(__name__)
 
 #: Metadata entry of a cached graph that holds the key it was stored under.
 KEY_METADATA = "varrt.cache_key"
+#: Metadata entry, last in the file, holding the sha256 (hex) of the bytes before it.
+CHECKSUM_METADATA = "varrt.sha256"
+
+
+def checksum_trailer(body: bytes) -> bytes:
+    """The record appended to ``body``: a ModelProto with one metadata entry, its sha256.
+
+    Protobuf merges concatenated messages (repeated fields append), so ``body + trailer`` parses
+    as ``body`` with one more metadata entry; the trailer has a fixed length, so the checksum is
+    checked on the raw bytes, without re-serializing.
+    """
+    trailer = onnx.ModelProto()
+    trailer.metadata_props.add(key=CHECKSUM_METADATA, value=hashlib.sha256(body).hexdigest())
+    return trailer.SerializeToString()
+
+
+def verify_checksum(data: bytes) -> bool:
+    """True when ``data`` ends with the checksum trailer of the bytes before it."""
+    size = len(checksum_trailer(b""))
+    return len(data) > size and data[-size:] == checksum_trailer(data[:-size])
 
 
 def default_cache_dir() -> Path:
@@ -111,6 +133,9 @@ class GraphCache:
         except OSError as error:
             logger.warning("varrt: cannot read cached graph %s (%s); rebuilding it", path, error)
             return None
+        if not verify_checksum(data):
+            logger.warning("varrt: cached graph %s is corrupt (checksum mismatch); rebuilding it", path)
+            return None
         try:
             model = onnx.load_from_string(data)
         except Exception as error:  # protobuf raises DecodeError, or others on garbage
@@ -129,9 +154,10 @@ class GraphCache:
         stamped = onnx.ModelProto()
         stamped.CopyFrom(model)
         for entry in list(stamped.metadata_props):
-            if entry.key == KEY_METADATA:
+            if entry.key in (KEY_METADATA, CHECKSUM_METADATA):
                 stamped.metadata_props.remove(entry)
         stamped.metadata_props.add(key=KEY_METADATA, value=key)
         path = self.path(key)
-        atomic_write_bytes(path, stamped.SerializeToString())
+        body = stamped.SerializeToString()
+        atomic_write_bytes(path, body + checksum_trailer(body))
         return path
