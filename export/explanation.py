@@ -32,6 +32,7 @@ def explain_graph(
     var: bool = False,
     temperature: float = 10.0,
     tau: float = 0.01,
+    var_scale: str = "none",
     classes: str | None = None,
     seed: int = 0,
 ) -> onnx.ModelProto:
@@ -41,7 +42,8 @@ def explain_graph(
     ``classes="top4+min"`` / ``"topK"``, no such input and a ``class_ids`` output chosen in the
     graph from its own logits), and the outputs ``logits`` [N, num_classes] (pre-softmax),
     ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for ``gradcam``) and, with
-    ``var=True``, ``var_attributions``. Only standard ONNX ops are emitted.
+    ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
+    standard ONNX ops are emitted.
 
     >>> import onnxruntime as ort
     >>> graph = explain_graph("model.onnx", method="guided_backprop")        # doctest: +SKIP
@@ -63,10 +65,11 @@ def explain_graph(
     if var:
         from varrt.kernels.var_graph import append_var
 
-        outputs["var_attributions"] = append_var(builder.em.tape, outputs["attributions"],
-                                                 temperature=temperature, tau=tau, opset=clf.opset)
+        rank = len(_output_shape("attributions", clf, {"method": method}))
+        outputs["var_attributions"] = append_var(builder.em.tape, outputs["attributions"], temperature=temperature,
+                                                 tau=tau, opset=clf.opset, scale=var_scale, rank=rank)
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                   var=var, temperature=temperature, tau=tau, classes=classes)
+                   var=var, temperature=temperature, tau=tau, var_scale=var_scale, classes=classes)
     return _finish(clf, outputs, options)
 
 

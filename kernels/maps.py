@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from varrt.errors import UsageError
 from varrt.kernels.var_numpy import var_maps_numpy
 
 
@@ -12,7 +13,10 @@ def is_cupy_array(array: Any) -> bool:
     return type(array).__module__.split(".")[0] == "cupy"
 
 
-def var_maps(attributions: Any, temperature: float = 10.0, tau: float = 0.01) -> Any:
+VAR_SCALES = ("none", "max")
+
+
+def var_maps(attributions: Any, temperature: float = 10.0, tau: float = 0.01, scale: str = "none") -> Any:
     """VAR map of every class against the other K-1 classes.
 
     ``attributions`` is [N, K, ...] (class axis 1; trailing dims any, e.g. [C, H, W] maps or
@@ -26,11 +30,24 @@ def var_maps(attributions: Any, temperature: float = 10.0, tau: float = 0.01) ->
     float16 is accumulated in float32. Raises ``varrt.errors.UsageError`` for K < 2, a rank
     below 2, a non-float dtype, or temperature <= 0.
 
+    ``scale`` picks what the temperature multiplies. "none" (the paper's formula, the default)
+    uses the raw |A|, so the result depends on the attribution's units: raw gradients are often
+    so small that T * |A| is near 0, M is near uniform and VAR keeps nothing. "max" divides |A| by
+    its largest value in each image (over classes and positions) before the softmax; the output
+    is still A_k * M_k * mask, in the attribution's own units.
+
     >>> import numpy as np
     >>> a = np.array([[[3.0, 0.0], [0.0, 0.0]]], dtype=np.float32)   # N=1, K=2, 2 positions
     >>> var_maps(a).tolist()   # position 0: class 0 wins; position 1: a tie keeps nothing
     [[[3.0, 0.0], [0.0, 0.0]]]
     """
+    if scale not in VAR_SCALES:
+        raise UsageError(f"unknown VAR scale '{scale}' (choose from {', '.join(VAR_SCALES)})")
+    if scale == "max" and getattr(attributions, "ndim", 0) >= 2:
+        # M depends on A / peak only; A_k * M_k * mask is then linear in A: VAR(A/p) * p.
+        peak = abs(attributions).max(axis=tuple(range(1, attributions.ndim)), keepdims=True)
+        peak = peak + (peak == 0)  # an all-zero image stays all zero
+        return var_maps(attributions / peak, temperature, tau) * peak
     if is_cupy_array(attributions):
         from varrt.kernels.var_cupy import var_maps_cupy
 

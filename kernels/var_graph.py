@@ -33,11 +33,13 @@ def _reduce(tape: ir_tape.Tape, op: str, x: ir.Value, opset: int, axes_input_fro
 
 
 def append_var(tape: ir_tape.Tape, attributions: ir.Value, *, temperature: float, tau: float,
-               opset: int) -> ir.Value:
+               opset: int, scale: str = "none", rank: int | None = None) -> ir.Value:
     """Emit VAR of ``attributions`` [N, K, ...] (class axis 1) on ``tape``; return the output.
 
     The output has the attributions' shape and element type; float16 (and bfloat16) inputs are
-    computed in float32. K is read from the runtime shape, so a dynamic K works.
+    computed in float32. K is read from the runtime shape, so a dynamic K works. ``scale="max"``
+    divides |A| by each image's largest |A| before the temperature (as ``var_maps``); it needs
+    the attributions' ``rank``.
 
     >>> import onnx_ir as ir
     >>> from onnx_ir.tape import Tape
@@ -62,7 +64,18 @@ def append_var(tape: ir_tape.Tape, attributions: ir.Value, *, temperature: float
     np_work = np.float64 if work == ir.DataType.DOUBLE else np.float32
 
     x = tape.op("Cast", [attributions], {"to": f32}) if upcast else attributions
-    z = tape.op("Mul", [tape.op("Abs", [x]), _const(tape, np.array(temperature, dtype=np_work))])
+    magnitude = tape.op("Abs", [x])
+    if scale == "max":
+        if rank is None:
+            raise UsageError("in-graph VAR with scale 'max' needs the attributions' rank")
+        axes = list(range(1, rank))
+        peak = tape.op("ReduceMax", [magnitude, _const(tape, np.array(axes, np.int64))], {"keepdims": 1}) \
+            if opset >= _REDUCEMAX_AXES_INPUT else tape.op("ReduceMax", [magnitude], {"axes": axes, "keepdims": 1})
+        tiny = _const(tape, np.array(np.finfo(np_work).tiny, dtype=np_work))
+        magnitude = tape.op("Div", [magnitude, tape.op("Max", [peak, tiny])])
+    elif scale != "none":
+        raise UsageError(f"unknown VAR scale '{scale}' (choose from none, max)")
+    z = tape.op("Mul", [magnitude, _const(tape, np.array(temperature, dtype=np_work))])
     # Max subtraction: exp() of values <= 0 never overflows, and the sum is >= 1.
     e = tape.op("Exp", [tape.op("Sub", [z, _reduce(tape, "ReduceMax", z, opset, _REDUCEMAX_AXES_INPUT)])])
     m = tape.op("Div", [e, _reduce(tape, "ReduceSum", e, opset, _REDUCESUM_AXES_INPUT)])

@@ -164,6 +164,7 @@ class ExplainJob:
     var: bool = True
     temperature: float = 10.0
     tau: float = 0.01
+    var_scale: str = "none"
     overlays: bool = True
     quiet: bool = False
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -194,6 +195,7 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
         var=job.var,
         temperature=job.temperature,
         tau=job.tau,
+        var_scale=job.var_scale,
         batch_size=job.batch_size,
         **job.method_options,
     )
@@ -294,6 +296,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         var=not args.no_var,
         temperature=args.temperature,
         tau=args.tau,
+        var_scale=args.var_scale,
         overlays=not args.no_overlays,
         quiet=args.quiet,
         method_options=_method_options(args),
@@ -358,7 +361,7 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.classes is not None:
         options["classes"] = parse_class_spec(args.classes)
     if args.var:
-        options.update(var=True, temperature=args.temperature, tau=args.tau)
+        options.update(var=True, temperature=args.temperature, tau=args.tau, var_scale=args.var_scale)
     proto = export.explain_graph(str(model), method=args.method, **options)
     out = Path(args.output)
     save_model(proto, out)
@@ -457,6 +460,9 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
     var.add_argument("--no-var", action="store_true", help="skip VAR: base attributions only")
     var.add_argument("--temperature", type=float, default=10.0, help="VAR softmax temperature T (default 10)")
     var.add_argument("--tau", type=float, default=0.01, help="VAR threshold tau on M_k - 1/K (default 0.01)")
+    var.add_argument("--var-scale", choices=("none", "max"), default="none",
+                     help="what T multiplies: 'none' = raw |A| (the paper; default), 'max' = |A| divided by each "
+        "image's largest |A| (units-free; see README)")
     parser.add_argument("--no-overlays", action="store_true", help="write only the .npz files, no PNGs")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
     _add_method_options(parser)
@@ -516,6 +522,9 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     parser.add_argument("--var", action="store_true", help="also output var_attributions (VAR inside the graph)")
     parser.add_argument("--temperature", type=float, default=10.0, help="VAR softmax temperature T (default 10)")
     parser.add_argument("--tau", type=float, default=0.01, help="VAR threshold tau (default 0.01)")
+    parser.add_argument("--var-scale", choices=("none", "max"), default="none",
+                        help="what T multiplies: 'none' = raw |A| (the paper; default), 'max' = |A| divided by each "
+        "image's largest |A| (units-free; see README)")
     _add_method_options(parser)
     parser.set_defaults(run=_run_export)
 

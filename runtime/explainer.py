@@ -69,6 +69,9 @@ class Explainer:
             or ``"tensorrt"``; ``backend_name`` says which one runs.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         var: also compute VAR maps (``temperature`` T and threshold ``tau`` as in the paper).
+        var_scale: ``"none"`` (the paper's formula, default) or ``"max"``: divide |A| by each
+            image's largest |A| before the temperature, so VAR does not depend on the
+            attribution's units (see ``varrt.kernels.var_maps``).
         batch_size: larger inputs are split into batches of this size (same result).
         cache_dir: where explanation graphs (and TensorRT engines) are cached; default
             ``$VARRT_CACHE_DIR`` or ``~/.cache/varrt``.
@@ -99,6 +102,7 @@ class Explainer:
         cache_dir: str | os.PathLike[str] | None = None,
         *,
         var_in_graph: bool = False,
+        var_scale: str = "none",
         backend_options: dict[str, Any] | None = None,
         **method_options: Any,
     ):
@@ -117,6 +121,11 @@ class Explainer:
         self.var_in_graph = var and var_in_graph
         self.temperature = float(temperature)
         self.tau = float(tau)
+        from varrt.kernels.maps import VAR_SCALES
+
+        if var_scale not in VAR_SCALES:
+            raise UsageError(f"unknown VAR scale {var_scale!r}: use one of {', '.join(VAR_SCALES)}")
+        self.var_scale = var_scale
         self.batch_size = batch_size
         self.method_options = method_options
         self.backend_options = dict(backend_options or {})
@@ -215,7 +224,7 @@ class Explainer:
         options["classes"] = None if variant == _FED else variant
         options["var"] = self.var_in_graph
         if self.var_in_graph:
-            options.update(temperature=self.temperature, tau=self.tau)
+            options.update(temperature=self.temperature, tau=self.tau, var_scale=self.var_scale)
         return options
 
     def _variant_backend(self, variant: str) -> Backend:
@@ -301,7 +310,7 @@ class Explainer:
         from varrt.kernels import var_maps
 
         with backend.stream_context():
-            return var_maps(attributions, self.temperature, self.tau)
+            return var_maps(attributions, self.temperature, self.tau, scale=self.var_scale)
 
 
 def _read_model(model: Any) -> tuple[str | onnx.ModelProto, bytes]:

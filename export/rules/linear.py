@@ -21,10 +21,11 @@ def conv(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     rest = [None] * (len(node.inputs) - 1)
     reach = [(k - 1) * d for k, d in zip(kernel, w.dilations)]
     pads = [r - p for r, p in zip(reach, w.pads_begin)] + [r - p for r, p in zip(reach, w.pads_end)]
-    if all(s == 1 for s in w.strides) and weight.const_value is not None and min(pads) >= 0:  # type: ignore[union-attr]
-        flipped = _flipped_transposed(weight.const_value.numpy(), group)  # type: ignore[union-attr]
-        gx = ctx.em.Conv(ctx.to_rows(g, node.outputs[0]), ctx.em.const(flipped), pads=pads, dilations=w.dilations, group=group,
-                         kernel_shape=kernel)
+    constant = weight.const_value  # type: ignore[union-attr]
+    if all(s == 1 for s in w.strides) and constant is not None and min(pads) >= 0:
+        flipped = _flipped_transposed(constant.numpy(), group)
+        gx = ctx.em.Conv(ctx.to_rows(g, node.outputs[0]), ctx.em.const(flipped), pads=pads,
+                         dilations=w.dilations, group=group, kernel_shape=kernel)
         return [ctx.from_rows(gx, g, node.inputs[0])] + rest
     full = ctx.em.ConvTranspose(
         ctx.to_rows(g, node.outputs[0]), weight,

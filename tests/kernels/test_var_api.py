@@ -13,10 +13,10 @@ from varrt.kernels import maps, var_graph, var_numpy
 def test_public_api():
     assert varrt.kernels.__all__ == ["append_var", "var_maps"]
     assert str(inspect.signature(varrt.kernels.var_maps)) == (
-        "(attributions: 'Any', temperature: 'float' = 10.0, tau: 'float' = 0.01) -> 'Any'")
+        "(attributions: 'Any', temperature: 'float' = 10.0, tau: 'float' = 0.01, scale: 'str' = 'none') -> 'Any'")
     assert str(inspect.signature(varrt.kernels.append_var)) == (
         "(tape: 'ir_tape.Tape', attributions: 'ir.Value', *, temperature: 'float', tau: 'float', "
-        "opset: 'int') -> 'ir.Value'")
+        "opset: 'int', scale: 'str' = 'none', rank: 'int | None' = None) -> 'ir.Value'")
 
 
 @pytest.mark.parametrize("module", [maps, var_graph, var_numpy], ids=lambda m: m.__name__)
