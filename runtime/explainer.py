@@ -82,6 +82,11 @@ class Explainer:
         method_options: passed to ``varrt.export.explain_graph`` (``layer``, ``steps``,
             ``baseline``, ``samples``, ``noise``).
 
+    Invalid input is refused with a one-line ``varrt.errors.UsageError`` before anything runs: a
+    batch that is not [N, C, H, W] float, an empty batch, sizes the graph does not take, class ids
+    out of range, and images containing NaN or Inf (they would turn whole maps into NaN; clean
+    them first, e.g. with ``numpy.nan_to_num``).
+
     Thread safety: an Explainer may be called from several threads at once. Graphs and backends
     are built once under a lock; ONNX Runtime's ``InferenceSession.run`` is thread-safe, the CUDA
     backend makes one IOBinding per call, and the TensorRT backend serializes use of its single
@@ -113,8 +118,10 @@ class Explainer:
             raise UsageError(f"unknown method {method!r}: use one of {', '.join(methods)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if temperature <= 0:
-            raise UsageError(f"temperature must be positive, got {temperature}")
+        if not temperature > 0 or not np.isfinite(temperature):
+            raise UsageError(f"temperature must be a positive number, got {temperature}")
+        if not np.isfinite(tau):
+            raise UsageError(f"tau must be a finite number, got {tau}")
         self.method = method
         self.spec: ClassSpec = parse_classes(classes, var=var)
         self.var = var
@@ -304,6 +311,15 @@ class Explainer:
             raise UsageError(f"images must be float32 (preprocessed), got dtype {images.dtype}")
         if images.dtype != np.float32:
             images = images.astype(np.float32)
+        # NaN/Inf would flow through the backward pass into every map of the batch (and VAR's
+        # softmax turns one NaN into a whole NaN map), so they are refused, not propagated.
+        xp = backend.array_module if on_gpu else np
+        finite = xp.isfinite(images)
+        if not bool(finite.all()):
+            bad = int(images.size - int(finite.sum()))
+            first = int(xp.argwhere(~finite.reshape(images.shape[0], -1).all(axis=1))[0, 0])
+            raise UsageError(f"images contain {bad} NaN or Inf values (first in image {first}); varrt "
+                             "refuses non-finite inputs: clean them first (e.g. numpy.nan_to_num)")
         return images
 
     def _var_maps(self, backend: Backend, attributions: Any) -> Any:
