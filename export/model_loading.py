@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
-from varrt.errors import ModelError, UsageError
+from varrt.errors import ModelError, UnsupportedOpError, UsageError
 
 MIN_OPSET, MAX_OPSET = 9, 25
 
@@ -71,7 +71,35 @@ def load_classifier(proto: onnx.ModelProto, name: str = "model") -> Classifier:
     fold_constants(model.graph)
     infer_shapes(model, name)
     data_input = _data_input(model.graph, name)
-    return Classifier(model, data_input, _logits_source(model.graph, name), opset)
+    logits = _logits_source(model.graph, name)
+    _check_domains(model.graph, data_input, logits, name)
+    return Classifier(model, data_input, logits, opset)
+
+
+def _check_domains(graph: ir.Graph, data_input: ir.Value, logits: ir.Value, name: str) -> None:
+    """Custom-domain ops between the image and the logits have no rule (and no inferred shapes,
+    which would otherwise surface later as a far less readable error)."""
+    depends = {data_input}
+    for node in graph:
+        if any(v in depends for v in node.inputs if v is not None):
+            depends.update(node.outputs)
+            if node.domain not in ("", "ai.onnx") and _reaches(node, logits):
+                raise UnsupportedOpError(
+                    f"{name}: op {node.op_type} in custom domain '{node.domain}' (node '{node.name}') is on the "
+                    "path from the input to the logits; varrt differentiates standard ONNX ops only")
+
+
+def _reaches(node: ir.Node, target: ir.Value) -> bool:
+    seen, stack = set(), [target]
+    while stack:
+        producer = stack.pop().producer()
+        if producer is None or id(producer) in seen:
+            continue
+        if producer is node:
+            return True
+        seen.add(id(producer))
+        stack.extend(v for v in producer.inputs if v is not None)
+    return False
 
 
 def _default_opset(proto: onnx.ModelProto, name: str) -> int:
