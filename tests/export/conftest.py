@@ -34,7 +34,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         rows = sorted({r for r, _ in table})
         cols = sorted({c for _, c in table})
         terminalreporter.section(title)
-        terminalreporter.write_line(f"{'':24s}" + "".join(f"{c:>16s}" for c in cols))
+        terminalreporter.write_line(f"{'':40s}" + "".join(f"{c:>16s}" for c in cols))
         for r in rows:
             cells = "".join(f"{table[(r, c)]:16.2e}" if (r, c) in table else f"{'-':>16s}" for c in cols)
-            terminalreporter.write_line(f"{r:24s}{cells}")
+            terminalreporter.write_line(f"{r:40s}{cells}")
