@@ -182,6 +182,25 @@ def read_image(path: str | os.PathLike[str], channels: int = 3) -> Image.Image:
         raise VarrtError(f"cannot decode image {name}: {error}") from None
 
 
+def check_readable(paths: Sequence[str | os.PathLike[str]]) -> None:
+    """Raise a VarrtError naming the first file that is not an image Pillow can read.
+
+    Reads headers (and, where the format allows, checks the data without decoding it: PNG CRCs),
+    so a run fails on a bad file before it writes any output, without holding any pixels.
+    """
+    for path in paths:
+        name = os.fspath(path)
+        try:
+            with Image.open(name) as image:
+                image.verify()
+        except FileNotFoundError:
+            raise VarrtError(f"no such image file: {name}") from None
+        except IsADirectoryError:
+            raise VarrtError(f"{name} is a directory, not an image") from None
+        except Exception as error:  # UnidentifiedImageError, SyntaxError from verify(), OSError...
+            raise VarrtError(f"cannot decode image {name}: {str(error).strip() or type(error).__name__}") from None
+
+
 def fit(image: Image.Image, size: tuple[int, int], resize: ResizeMode = "crop") -> Image.Image:
     """Resize to (H, W): scale to cover ``size / 0.875`` and centre-crop, or stretch."""
     height, width = size
