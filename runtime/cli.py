@@ -88,6 +88,17 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise
 
 
+def check_writable_dir(path: Path) -> None:
+    """Raise a VarrtError unless ``path`` is (or can be created as) a writable directory."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise VarrtError(f"cannot write to {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise VarrtError(f"cannot write to {path}: permission denied on {existing}")
+
+
 def _collect_images(items: Sequence[str]) -> list[Path]:
     """Image files from the arguments; a directory contributes its image files, sorted."""
     paths: list[Path] = []
@@ -177,7 +188,7 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
     the outputs are unless ``job.quiet``.
     """
     from varrt.explainer import Explainer
-    from varrt.images import iter_batches, preprocessing_for
+    from varrt.images import check_readable, iter_batches, preprocessing_for
     from varrt.overlay import explanation_figure, short_label
     from varrt.progress import Progress
 
@@ -186,6 +197,10 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
         raise VarrtError(f"no such model file: {job.model}")
     prep = preprocessing_for(job.model, preset_name=job.preset, mean=job.mean, std=job.std, size=job.size)
     labels = _read_labels(job.labels, job.model)
+    # Fail on a bad image or an unwritable --out before the (slow) graph build and before any
+    # output is written.
+    check_writable_dir(job.out)
+    check_readable(job.images)
     explainer = Explainer(
         str(job.model),
         method=job.method,
@@ -362,6 +377,7 @@ def _run_export(args: argparse.Namespace) -> int:
         options["classes"] = parse_class_spec(args.classes)
     if args.var:
         options.update(var=True, temperature=args.temperature, tau=args.tau, var_scale=args.var_scale)
+    check_writable_dir(Path(args.output).parent)
     proto = export.explain_graph(str(model), method=args.method, **options)
     out = Path(args.output)
     save_model(proto, out)
@@ -556,9 +572,17 @@ SUBCOMMANDS: tuple[Callable[[Any, argparse.ArgumentParser], None], ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with varrt's one-line errors (argparse prints the usage block first)."""
+
+    def error(self, message: str) -> Any:
+        print(f"varrt: error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``varrt`` argument parser."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="varrt",
         description=(
             "Class-relevant saliency maps (VAR) for any ONNX image classifier, on ONNX Runtime or "
