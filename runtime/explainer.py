@@ -116,6 +116,7 @@ class Explainer:
         methods = getattr(export, "METHODS", None)
         if methods is not None and method not in methods:
             raise UsageError(f"unknown method {method!r}: use one of {', '.join(methods)}")
+        _check_method_options(export, method_options)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not temperature > 0 or not np.isfinite(temperature):
@@ -327,6 +328,23 @@ class Explainer:
 
         with backend.stream_context():
             return var_maps(attributions, self.temperature, self.tau, scale=self.var_scale)
+
+
+def _check_method_options(export: Any, options: dict[str, Any]) -> None:
+    """Unknown keyword arguments would reach explain_graph as a TypeError; name them instead."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(export.explain_graph).parameters
+    except (AttributeError, TypeError, ValueError):  # a stand-in exporter without a signature
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    # The Explainer sets these itself from its own arguments.
+    known = set(parameters) - {"model", "method", "var", "temperature", "tau", "classes", "var_scale"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"unknown method option(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
 
 
 def _read_model(model: Any) -> tuple[str | onnx.ModelProto, bytes]:
