@@ -20,7 +20,7 @@ __all__ = ["DATA_DIR", "demo_images", "demo_model_path", "imagenet_labels"]
 DATA_DIR = pathlib.Path(__file__).resolve().parent
 
 DEMO_MODEL = "efficientnet_lite0.onnx"
-DEMO_PHOTOS = ("chelsea.jpg", "coffee.jpg", "rocket.jpg")
+DEMO_PHOTOS = ("chelsea.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg")
 IMAGENET_LABELS = "imagenet_classes.txt"
 
 
@@ -30,7 +30,7 @@ def demo_model_path() -> pathlib.Path:
 
 
 def demo_images() -> list[pathlib.Path]:
-    """Paths of the bundled photos (a cat, a coffee cup, a rocket launch)."""
+    """Paths of the bundled photos (a cat, a coffee cup, a rocket launch, an astronaut)."""
     return [DATA_DIR / name for name in DEMO_PHOTOS]
 
 
