@@ -68,6 +68,12 @@ def load_classifier(proto: onnx.ModelProto, name: str = "model") -> Classifier:
     except Exception as error:  # SerdeError on tensors whose data contradicts their type or dims
         cause = error.__cause__ or error
         raise ModelError(f"{name}: cannot read the graph: {_first_line(cause)}") from None
+    for init in model.graph.initializers.values():
+        try:  # the checker does not compare a tensor's data size with its dims; rules would fail later
+            if init.const_value is not None:
+                init.const_value.numpy()
+        except Exception as error:
+            raise ModelError(f"{name}: initializer '{init.name}' is unreadable: {_first_line(error)}") from None
     fold_constants(model.graph)
     infer_shapes(model, name)
     data_input = _data_input(model.graph, name)
@@ -121,9 +127,14 @@ def infer_shapes(model: ir.Model, name: str) -> None:
     # left in, they abort C++ shape code later (std::clamp assertions), so stop here.
     for node in model.graph:
         for value in node.outputs:
-            if value.shape is not None and any(isinstance(d, int) and d < 0 for d in value.shape):
+            if value.shape is not None and any(isinstance(d, int) and (d < 0 or d == 0 and _is_float(value))
+                                               for d in value.shape):
                 raise ModelError(f"{name}: {node.op_type} node '{node.name}' gives '{value.name}' an impossible "
                                  f"shape {list(value.shape)}")
+
+
+def _is_float(value: ir.Value) -> bool:
+    return value.dtype is not None and value.dtype.is_floating_point()
 
 
 def _data_input(graph: ir.Graph, name: str) -> ir.Value:
