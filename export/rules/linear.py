@@ -18,6 +18,9 @@ def conv(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     kernel = ctx.static_dims(node, weight, range(2, ctx.rank(weight)))  # type: ignore[arg-type]
     w = windows(ctx, node, kernel)
     group = node.attributes.get_int("group", 1)
+    out_channels = ctx.dims(weight)[0]
+    if group < 1 or (out_channels is not None and out_channels % group):
+        raise ctx.fail(node, f"group={group} does not divide the weight's {out_channels} output channels")
     rest = [None] * (len(node.inputs) - 1)
     reach = [(k - 1) * d for k, d in zip(kernel, w.dilations)]
     pads = [r - p for r, p in zip(reach, w.pads_begin)] + [r - p for r, p in zip(reach, w.pads_end)]
