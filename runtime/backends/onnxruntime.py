@@ -62,6 +62,8 @@ def cpu_session_options(threads: int | None = None) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # ORT would also log its errors to stderr; varrt raises them as one-line errors instead.
+    options.log_severity_level = 4
     return options
 
 
