@@ -24,16 +24,8 @@ from typing import Any
 
 import numpy as np
 from varrt.errors import UsageError
+from varrt.export.methods import METHODS  # noqa: E402  (every method is benchmarked)
 
-METHODS = (
-    "gradient",
-    "input_x_gradient",
-    "guided_backprop",
-    "integrated_gradients",
-    "smoothgrad",
-    "gradcam",
-    "guided_gradcam",
-)
 REFERENCE_FLOW = "torch+captum"
 
 Progress = Callable[[int, int, str], None]

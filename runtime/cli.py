@@ -26,16 +26,6 @@ import numpy as np
 from varrt import __version__
 from varrt.errors import UsageError, VarrtError
 
-# The methods the design names; `varrt.export.METHODS` is the authority once it can be imported.
-_KNOWN_METHODS = (
-    "gradient",
-    "input_x_gradient",
-    "guided_backprop",
-    "integrated_gradients",
-    "smoothgrad",
-    "gradcam",
-    "guided_gradcam",
-)
 _BACKENDS = ("auto", "onnxruntime", "onnxruntime-cpu", "cuda", "onnxruntime-cuda", "tensorrt")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 # Protos past this size cannot be serialized as one message (protobuf's 2 GB limit): weights go
@@ -48,12 +38,9 @@ Run = Callable[[argparse.Namespace], "int | None"]
 
 # --- helpers shared by the subcommands ------------------------------------------------------------
 def _methods() -> tuple[str, ...]:
-    try:
-        from varrt import export
+    from varrt.export.methods import METHODS
 
-        return tuple(getattr(export, "METHODS", _KNOWN_METHODS))
-    except Exception:  # help must render even when the exporter cannot be imported
-        return _KNOWN_METHODS
+    return METHODS
 
 
 def parse_class_spec(text: str) -> str | int | list[int]:
@@ -493,7 +480,7 @@ def add_demo_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         help="explain the bundled photos with the bundled EfficientNet-Lite0 (no download)",
         description=(
             "Run varrt end to end on what ships with it: the EfficientNet-Lite0 ImageNet model and "
-            "three photos (a cat, a coffee cup, a rocket), guided backprop + VAR for the 4 most "
+            "four photos (a cat, a coffee cup, a rocket, an astronaut), guided backprop + VAR for the 4 most "
             "likely classes and the least likely one. Writes <photo>.npz and <photo>.png to --out "
             "and prints each photo's top class and where the files are."
         ),
