@@ -3,6 +3,8 @@ checker that says so catches graphs TensorRT cannot parse."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -261,8 +263,9 @@ def test_opset9_explanation_graphs_parse_in_tensorrt(softmax: bool) -> None:
 
 
 @pytest.mark.slow
-def test_efficientnet_explanation_graphs_parse_in_tensorrt(effnet_onnx: onnx.ModelProto) -> None:
-    assert tensorrt_problems(effnet_onnx) == []
+def test_efficientnet_explanation_graphs_parse_in_tensorrt(effnet_onnx_path: Path) -> None:
+    """Every method on EfficientNet-Lite0, explained from its file path (the CLI's way in)."""
+    assert tensorrt_problems(onnx.load(effnet_onnx_path)) == []
     for method in METHODS:
-        graph = explain_graph(effnet_onnx, method=method, **FAST_OPTIONS.get(method, {}))
+        graph = explain_graph(str(effnet_onnx_path), method=method, **FAST_OPTIONS.get(method, {}))
         assert tensorrt_problems(graph) == [], method
