@@ -316,7 +316,8 @@ def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onn
     ir_passes.RemoveUnusedNodesPass()(clf.model)
     ir_passes.NameFixPass()(clf.model)
     proto = ir.serde.serialize_model(clf.model)
-    proto.ir_version = max(proto.ir_version, 7)
+    # The lowest IR version the opsets allow: runtimes lag behind onnx's newest IR version.
+    proto.ir_version = max(7, onnx.helper.find_min_ir_version_for(list(proto.opset_import)))
     proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     proto.producer_name, proto.producer_version = "varrt", _version()
     for key, value in options.items():

@@ -23,9 +23,13 @@ from varrt.errors import ModelError, UnsupportedOpError, UsageError
 
 MIN_OPSET, MAX_OPSET = 9, 25
 
-# Ops whose output is not a function of their inputs, never folded.
-_NOT_FOLDABLE = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-                 "Bernoulli", "If", "Loop", "Scan"}
+# Ops folded when all their inputs are constants: the shape arithmetic and weight construction
+# exporters leave behind. A whitelist, because folding runs onnx.reference, whose kernels for
+# some numeric ops (BatchNormalization-9, Softmax-11, LRN) disagree with the spec.
+_FOLDABLE = {"Constant", "ConstantOfShape", "Shape", "Size", "Gather", "Concat", "Unsqueeze", "Squeeze",
+             "Reshape", "Slice", "Cast", "Range", "Add", "Sub", "Mul", "Div", "Neg", "Equal", "Where",
+             "Expand", "Transpose", "Identity", "Floor", "Ceil", "ReduceProd", "Min", "Max", "Abs", "Not",
+             "Tile", "Flatten", "Sqrt", "Reciprocal", "Pow"}
 _FOLD_LIMIT = 1 << 22  # elements; larger constant subgraphs are rare and left to the runtime
 
 # Ops that only rearrange a tensor: walking back through them from a graph output finds a softmax.
@@ -58,6 +62,7 @@ def read_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
 def load_classifier(proto: onnx.ModelProto, name: str = "model") -> Classifier:
     """Check and normalise ``proto``; find its data input and logits."""
     opset = _default_opset(proto, name)
+    proto = _without_non_tensor_outputs(proto)
     try:
         onnx.checker.check_model(proto)
     except Exception as error:  # ValidationError, or UnicodeDecodeError on non-UTF-8 names
@@ -106,6 +111,29 @@ def _reaches(node: ir.Node, target: ir.Value) -> bool:
         seen.add(id(producer))
         stack.extend(v for v in producer.inputs if v is not None)
     return False
+
+
+def _without_non_tensor_outputs(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """skl2onnx's ZipMap output (a sequence of maps) in place of the probabilities it zips:
+    the explanation needs tensors only, and onnx-ir reads no map types."""
+    outputs = proto.graph.output
+    if all(o.type.HasField("tensor_type") for o in outputs):
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    producers = {out: node for node in copy.graph.node for out in node.output}
+    kept = []
+    for output in copy.graph.output:
+        if output.type.HasField("tensor_type"):
+            kept.append(output)
+            continue
+        node = producers.get(output.name)
+        if node is not None and node.op_type == "ZipMap":
+            kept.append(onnx.helper.make_tensor_value_info(node.input[0], onnx.TensorProto.FLOAT, [None, None]))
+            copy.graph.node.remove(node)
+    del copy.graph.output[:]
+    copy.graph.output.extend(kept)
+    return copy
 
 
 def _default_opset(proto: onnx.ModelProto, name: str) -> int:
@@ -172,7 +200,7 @@ def fold_constants(graph: ir.Graph) -> None:
     from onnx.reference import ReferenceEvaluator
 
     for node in list(graph):
-        if node.domain not in ("", "ai.onnx") or node.op_type in _NOT_FOLDABLE:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _FOLDABLE:
             continue
         if node.op_type == "Shape" and _static_shape(node.inputs[0]) is not None:
             dims = np.asarray(_static_shape(node.inputs[0]), dtype=np.int64)

@@ -24,11 +24,23 @@ def transpose(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 @rule("Concat")
 def concat(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em = ctx.em
     rank = ctx.rank(node.outputs[0])
     axis = node.attributes.get_int("axis") % rank
-    sizes = [ctx.static_dims(node, x, [axis])[0] for x in node.inputs]  # type: ignore[arg-type]
-    offsets = np.cumsum([0] + sizes)
-    return [ctx.em.slice(g, [int(b)], [int(e)], [axis + 1]) for b, e in zip(offsets[:-1], offsets[1:])]
+    sizes = [ctx.dims(x)[axis] for x in node.inputs]  # type: ignore[arg-type]
+    if all(s is not None for s in sizes):
+        offsets = np.cumsum([0] + sizes)
+        return [em.slice(g, [int(b)], [int(e)], [axis + 1]) for b, e in zip(offsets[:-1], offsets[1:])]
+    if ctx.opset < 10:
+        raise ctx.fail(node, "needs static sizes on the concatenated axis below opset 10")
+    # Sizes known only at run time (e.g. a class token expanded to the batch): Slice with
+    # computed starts and ends; its axes stay constant, as TensorRT requires.
+    start, pieces = em.ints([0]), []
+    for x in node.inputs:
+        end = em.Add(start, em.shape(x, axis, axis + 1))  # type: ignore[arg-type]
+        pieces.append(em.Slice(g, start, end, em.ints([axis + 1])))
+        start = end
+    return pieces
 
 
 @rule("Split")
