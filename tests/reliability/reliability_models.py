@@ -13,7 +13,7 @@ SHAPE = (3, 8, 8)  # C, H, W of the tiny models
 CLASSES = 6
 
 
-def tiny_cnn(seed: int = 0, batch: str | int = "N", opset: int = 13) -> onnx.ModelProto:
+def tiny_cnn(seed: int = 0, batch: str | int = "N", opset: int = 13, size: int = SHAPE[1]) -> onnx.ModelProto:
     """Conv -> Relu -> MaxPool -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Gemm -> Softmax."""
     rng = np.random.default_rng(seed)
 
@@ -35,7 +35,7 @@ def tiny_cnn(seed: int = 0, batch: str | int = "N", opset: int = 13) -> onnx.Mod
              weight("wf", CLASSES, 5), weight("bf", CLASSES)]
     graph = helper.make_graph(
         nodes, "tiny_cnn",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *SHAPE])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, SHAPE[0], size, size])],
         [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [batch, CLASSES])],
         inits,
     )
