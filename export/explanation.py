@@ -317,7 +317,9 @@ def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onn
     ir_passes.NameFixPass()(clf.model)
     proto = ir.serde.serialize_model(clf.model)
     # The lowest IR version the opsets allow: runtimes lag behind onnx's newest IR version.
-    proto.ir_version = max(7, onnx.helper.find_min_ir_version_for(list(proto.opset_import)))
+    # Custom domains (a vendor op off the gradient path) are unknown to onnx.helper: skip them.
+    known = [o for o in proto.opset_import if (o.domain or "ai.onnx", o.version) in onnx.helper.OP_SET_ID_VERSION_MAP]
+    proto.ir_version = max(7, onnx.helper.find_min_ir_version_for(known))
     proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
     proto.producer_name, proto.producer_version = "varrt", _version()
     for key, value in options.items():
