@@ -10,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from PIL import Image
-
 import reliability_models as models
+from PIL import Image
 
 
 def varrt_command() -> list[str]:

@@ -8,10 +8,9 @@ import logging
 import numpy as np
 import onnx
 import pytest
+import reliability_models as models
 from varrt.cache import CHECKSUM_METADATA, KEY_METADATA, GraphCache, verify_checksum
 from varrt.explainer import Explainer
-
-import reliability_models as models
 
 
 def _explainer(tmp_path, **kwargs):

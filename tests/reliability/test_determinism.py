@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import reliability_models as models
 from conftest import run_varrt
 from varrt.explainer import Explainer
 from varrt.export import explain_graph
-
-import reliability_models as models
 
 FIELDS = ("class_ids", "logits", "probabilities", "attributions", "var")
 

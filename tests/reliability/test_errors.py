@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import reliability_models as models
 from conftest import run_varrt, write_png
 from onnx import TensorProto, helper
 from varrt.errors import ModelError, UnsupportedOpError, UsageError
 from varrt.explainer import Explainer
-
-import reliability_models as models
 
 
 def _save(model: onnx.ModelProto, name: str) -> Callable[[Path], None]:

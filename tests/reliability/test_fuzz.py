@@ -17,15 +17,13 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
+import reliability_models as models
 from onnx import TensorProto, helper
 from varrt.errors import VarrtError
 from varrt.explainer import Explainer
 from varrt.export import explain_graph
-
-import reliability_models as models
 
 Mutation = Callable[[bytes, random.Random], bytes]
 
@@ -296,7 +294,7 @@ def report_counts():
 def test_fuzz_tiny_models(which, tmp_path):
     model = {"cnn": models.tiny_cnn, "mlp": models.tiny_mlp, "cnn_opset9": lambda: models.tiny_cnn(opset=9)}[which]()
     start = time.perf_counter()
-    outcomes = fuzz(which, model, 160, seed=0, workdir=tmp_path, explain_every=2,
+    outcomes = fuzz(which, model, 250, seed=0, workdir=tmp_path, explain_every=2,
                     methods=("gradient", "guided_backprop", "gradcam", "input_x_gradient"))
     CASE_COUNTS[which] = sum(outcomes.values())
     assert outcomes.get("ok", 0) > 0 and len(outcomes) > 1, outcomes  # the mutations hit both ways
@@ -307,7 +305,7 @@ def test_fuzz_torch_export(tmp_path):
     model = models.torch_cnn(tmp_path / "torch_cnn.onnx")
     if model is None:
         pytest.skip("torch is not installed")
-    outcomes = fuzz("torch_cnn", model, 60, seed=1, workdir=tmp_path, explain_every=3)
+    outcomes = fuzz("torch_cnn", model, 120, seed=1, workdir=tmp_path, explain_every=2)
     CASE_COUNTS["torch_cnn"] = sum(outcomes.values())
 
 

@@ -8,9 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from varrt.explainer import Explainer
-
 import reliability_models as models
+from varrt.explainer import Explainer
 
 _CHILD = """
 import resource, sys

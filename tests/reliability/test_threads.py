@@ -7,9 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 import pytest
-from varrt.explainer import Explainer
-
 import reliability_models as models
+from varrt.explainer import Explainer
 
 
 @pytest.mark.parametrize("method", ["guided_backprop", "gradcam"])
