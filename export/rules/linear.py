@@ -6,7 +6,7 @@ import numpy as np
 import onnx_ir as ir
 from varrt.export.rules import rule
 from varrt.export.rules.context import Context
-from varrt.export.rules.spatial import crop_to_input, windows
+from varrt.export.rules.spatial import transposed_to_input, windows
 
 
 @rule("Conv")
@@ -18,23 +18,20 @@ def conv(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     kernel = ctx.static_dims(node, weight, range(2, ctx.rank(weight)))  # type: ignore[arg-type]
     w = windows(ctx, node, kernel)
     group = node.attributes.get_int("group", 1)
-    out_channels = ctx.dims(weight)[0]
+    out_channels = ctx.dims(weight)[0]  # type: ignore[arg-type]
     if group < 1 or (out_channels is not None and out_channels % group):
         raise ctx.fail(node, f"group={group} does not divide the weight's {out_channels} output channels")
     rest = [None] * (len(node.inputs) - 1)
+    rows = ctx.to_rows(g, node.outputs[0])
     reach = [(k - 1) * d for k, d in zip(kernel, w.dilations)]
     pads = [r - p for r, p in zip(reach, w.pads_begin)] + [r - p for r, p in zip(reach, w.pads_end)]
     constant = weight.const_value  # type: ignore[union-attr]
     if all(s == 1 for s in w.strides) and constant is not None and min(pads) >= 0:
         flipped = _flipped_transposed(constant.numpy(), group)
-        gx = ctx.em.Conv(ctx.to_rows(g, node.outputs[0]), ctx.em.const(flipped), pads=pads,
-                         dilations=w.dilations, group=group, kernel_shape=kernel)
+        gx = ctx.em.Conv(rows, ctx.em.const(flipped), pads=pads, dilations=w.dilations, group=group,
+                         kernel_shape=kernel)
         return [ctx.from_rows(gx, g, node.inputs[0])] + rest
-    full = ctx.em.ConvTranspose(
-        ctx.to_rows(g, node.outputs[0]), weight,
-        strides=w.strides, dilations=w.dilations, group=group, kernel_shape=kernel,
-    )
-    return [ctx.from_rows(crop_to_input(ctx, full, w), g, node.inputs[0])] + rest
+    return [ctx.from_rows(transposed_to_input(ctx, rows, weight, w, group), g, node.inputs[0])] + rest  # type: ignore[arg-type]
 
 
 def _flipped_transposed(weight: np.ndarray, group: int) -> np.ndarray:

@@ -11,7 +11,7 @@ from varrt.export.emitter import float_dtype
 from varrt.export.rules import rule
 from varrt.export.rules.context import Context
 from varrt.export.rules.separable import probe_matrix, separable_vjp
-from varrt.export.rules.spatial import Windows, crop_to_input, windows
+from varrt.export.rules.spatial import Windows, transposed_to_input, windows
 
 
 def _strided(ctx: Context, x: ir.Value, axis: int, start: int, count: int, step: int, dims: list) -> ir.Value:
@@ -63,9 +63,7 @@ def max_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     for c in range(channels):
         for index, offset in enumerate(offsets):
             weight[(c * len(offsets) + index, 0) + offset] = 1.0
-    full = em.ConvTranspose(rows, em.const(weight), strides=w.strides, dilations=w.dilations,
-                            group=channels, kernel_shape=kernel)
-    return [ctx.from_rows(crop_to_input(ctx, full, w), g, node.inputs[0])]
+    return [ctx.from_rows(transposed_to_input(ctx, rows, em.const(weight), w, channels), g, node.inputs[0])]
 
 
 @rule("AveragePool")
@@ -81,9 +79,8 @@ def average_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
         channels = ctx.static_dims(node, x, [1])[0]  # type: ignore[arg-type]
         size = int(np.prod(kernel))
         weight = np.full([channels, 1] + kernel, 1.0 / size, dtype=float_dtype(x))  # type: ignore[arg-type]
-        full = em.ConvTranspose(ctx.to_rows(g, node.outputs[0]), em.const(weight), strides=w.strides,
-                                dilations=w.dilations, group=channels, kernel_shape=kernel)
-        return [ctx.from_rows(crop_to_input(ctx, full, w), g, node.inputs[0])]
+        rows = ctx.to_rows(g, node.outputs[0])
+        return [ctx.from_rows(transposed_to_input(ctx, rows, em.const(weight), w, channels), g, node.inputs[0])]
     # Divisors that vary at the borders: the per-axis matrices, read off the op itself.
     if len(kernel) > 2:
         raise ctx.fail(node, "AveragePool over more than 2 spatial axes with varying divisors")

@@ -54,6 +54,18 @@ def windows(ctx: Context, node: ir.Node, kernel: Sequence[int]) -> Windows:
     return Windows(list(kernel), strides, dilations, begin, end, in_sizes, out_sizes)
 
 
+def transposed_to_input(ctx: Context, rows: ir.Value, weight: ir.Value, w: Windows, group: int) -> ir.Value:
+    """ConvTranspose of [B, C_out, *out] back to [B, C_in, *in_sizes]: the crop is folded into
+    the op's pads and output_padding where they can express it (one op, no Slice)."""
+    end = [f - b - i for f, b, i in zip(w.full_sizes(), w.pads_begin, w.in_sizes)]  # < 0: input past the windows
+    output_padding = [max(-e, 0) for e in end]
+    common = dict(strides=w.strides, dilations=w.dilations, group=group, kernel_shape=w.kernel)
+    if all(op < max(s, d) for op, s, d in zip(output_padding, w.strides, w.dilations)):
+        extra = {"output_padding": output_padding} if any(output_padding) else {}
+        return ctx.em.ConvTranspose(rows, weight, pads=w.pads_begin + [max(e, 0) for e in end], **common, **extra)
+    return crop_to_input(ctx, ctx.em.ConvTranspose(rows, weight, **common), w)
+
+
 def crop_to_input(ctx: Context, full: ir.Value, w: Windows) -> ir.Value:
     """Cut a [B, C, *full_sizes] transposed-conv result down to [B, C, *in_sizes]."""
     shortfall = [max(b + i - f, 0) for b, i, f in zip(w.pads_begin, w.in_sizes, w.full_sizes())]
