@@ -1,0 +1,582 @@
+"""Insertion and deletion AUC (Petsiuk et al. 2018, "RISE"): does removing what a map ranks first
+destroy the prediction, and does adding it back restore it?
+
+One map per image: the explained class is the model's top-1, explained with K = 5 classes
+("top4+min", top-1 first; all classes, most likely first, when the model has fewer than 5), so
+VAR's distribution runs over the classes the paper uses. Pixels are ranked by the map:
+
+- ``positive`` (default): sum the signed attribution over channels, keep the positive part - a
+  pixel ranks high when its channels together raise the class's logit (the grid pointing game's
+  reading). Pixels with no positive evidence are tied.
+- ``abs``: sum of |attribution| over channels - how much a pixel matters, either sign (the
+  sanity checks' reduction).
+
+CAM methods give [H, W] maps already. VAR maps get the same reduction. Ties - the zeros VAR
+leaves, the non-positive pixels - are broken in one seeded random order per image, the same for
+base and VAR, so a map that ranks nothing degrades to the random ranking rather than to
+raster order.
+
+Curves: in ``steps`` steps the top round(i * H * W / steps) pixels (all channels) are replaced
+by the baseline (deletion, starting from the image) or copied from the image into the baseline
+(insertion, starting from the baseline). The baseline is 0 after normalisation - the dataset's
+mean colour - or a Gaussian blur of the image (``blur``; RISE inserts into a blurred image).
+Each point is the softmax probability of the explained class from the plain model (the original
+ONNX model in ONNX Runtime, not the explanation graph), all steps of one curve in one batch.
+AUC is the trapezoid rule over the fraction of pixels perturbed. Lower deletion AUC and higher
+insertion AUC are better. A random ranking of the same pixels is reported as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from varrt.bench import metrics
+from varrt.errors import UsageError, VarrtError
+
+METHODS = ("gradient", "guided_backprop", "gradcam")
+RANKINGS = ("positive", "abs")
+BASELINES = ("zero", "blur")
+CURVES = ("deletion", "insertion")
+KINDS = ("base", "var")
+K = 5
+
+Progress = Callable[[int, int, str], None]
+
+
+def _no_progress(done: int, total: int, label: str) -> None:
+    del done, total, label
+
+
+# --- curves and their area -----------------------------------------------------------------------
+def trapezoid_auc(curve: Sequence[float] | np.ndarray, fractions: Sequence[float] | np.ndarray) -> float:
+    """Area under ``curve`` sampled at ``fractions`` (0..1, increasing), by the trapezoid rule."""
+    y = np.asarray(curve, dtype=np.float64).ravel()
+    x = np.asarray(fractions, dtype=np.float64).ravel()
+    if y.size < 2 or y.size != x.size:
+        raise ValueError(f"need at least two points and one fraction per point, got {y.size} and {x.size}")
+    return float(((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0).sum())
+
+
+def step_counts(pixels: int, steps: int) -> np.ndarray:
+    """Pixels perturbed after each of ``steps`` steps, from 0 to all: round(i * pixels / steps)."""
+    if steps < 1:
+        raise UsageError(f"--steps must be at least 1, got {steps}")
+    return np.rint(np.arange(steps + 1) * (pixels / steps)).astype(np.int64)
+
+
+def saliency_map(attribution: np.ndarray, ranking: str = "positive") -> np.ndarray:
+    """The 2-D map pixels are ranked by, from [C, H, W] (input space) or [H, W] (CAM)."""
+    attribution = np.asarray(attribution, dtype=np.float64)
+    if ranking == "positive":
+        return np.clip(metrics.channel_sum(attribution[None], has_channels=attribution.ndim == 3)[0], 0.0, None)
+    if ranking == "abs":
+        return metrics.channel_abs_sum(attribution[None], has_channels=attribution.ndim == 3)[0]
+    raise UsageError(f"unknown ranking {ranking!r}: use {' or '.join(RANKINGS)}")
+
+
+def pixel_order(saliency: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
+    """Flat pixel indices, most salient first; equal values in the order of ``tiebreak``."""
+    return np.lexsort((np.asarray(tiebreak).ravel(), -np.asarray(saliency, dtype=np.float64).ravel()))
+
+
+def perturbed_inputs(
+    image: np.ndarray, baseline: np.ndarray, order: np.ndarray, counts: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Deletion and insertion inputs [S + 1, C, H, W] for one image and one pixel order."""
+    _, height, width = image.shape
+    position = np.empty(height * width, dtype=np.int64)
+    position[order] = np.arange(order.size)
+    # taken[i] marks the pixels among the first counts[i] of the order: [S + 1, 1, H, W].
+    taken = (position.reshape(1, height, width) < counts[:, None, None])[:, None]
+    return {
+        "deletion": np.where(taken, baseline[None], image[None]).astype(np.float32),
+        "insertion": np.where(taken, image[None], baseline[None]).astype(np.float32),
+    }
+
+
+def gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of [C, H, W] over H and W (reflected borders)."""
+    if sigma <= 0:
+        return np.array(image, dtype=np.float32)
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    blurred = np.asarray(image, dtype=np.float64)
+    for axis in (1, 2):
+        size = blurred.shape[axis]
+        padding = [(0, 0)] * 3
+        padding[axis] = (radius, radius)
+        padded = np.pad(blurred, padding, mode="reflect")
+        blurred = sum(
+            weight * np.take(padded, np.arange(start, start + size), axis=axis) for start, weight in enumerate(kernel)
+        )
+    return blurred.astype(np.float32)
+
+
+def make_baseline(image: np.ndarray, kind: str = "zero", blur_sigma: float = 5.0) -> np.ndarray:
+    """The image everything is deleted to / inserted into: zeros (the mean colour) or a blur."""
+    if kind == "zero":
+        return np.zeros_like(image, dtype=np.float32)
+    if kind == "blur":
+        return gaussian_blur(image, blur_sigma)
+    raise UsageError(f"unknown baseline {kind!r}: use {' or '.join(BASELINES)}")
+
+
+# --- the plain model ------------------------------------------------------------------------------
+class Classifier:
+    """The original model in ONNX Runtime: class probabilities of float32 batches.
+
+    Whether the first output already is a distribution is decided once, on the clean images
+    (``calibrate``), so a perturbed batch cannot switch a logits model to "probabilities".
+    """
+
+    def __init__(self, model: str | os.PathLike[str], batch_size: int = 64, backend: str = "auto"):
+        import onnxruntime
+
+        if batch_size < 1:
+            raise UsageError(f"--perturb-batch must be at least 1, got {batch_size}")
+        providers = ["CPUExecutionProvider"]
+        if backend != "onnxruntime-cpu" and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 3
+        self.session = onnxruntime.InferenceSession(os.fspath(model), options, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = self.session.get_outputs()[0].name
+        self.batch_size = batch_size
+        self.outputs_probabilities: bool | None = None
+        self.forwards = 0
+
+    def scores(self, inputs: np.ndarray) -> np.ndarray:
+        parts = []
+        for start in range(0, len(inputs), self.batch_size):
+            chunk = np.ascontiguousarray(inputs[start : start + self.batch_size], dtype=np.float32)
+            (out,) = self.session.run([self.output_name], {self.input_name: chunk})
+            parts.append(np.asarray(out, dtype=np.float64).reshape(len(chunk), -1))
+            self.forwards += len(chunk)
+        return np.concatenate(parts)
+
+    def calibrate(self, inputs: np.ndarray) -> np.ndarray:
+        scores = self.scores(inputs)
+        self.outputs_probabilities = bool(np.all(scores >= 0) and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
+        return self._probabilities(scores)
+
+    def probabilities(self, inputs: np.ndarray) -> np.ndarray:
+        if self.outputs_probabilities is None:
+            return self.calibrate(inputs)
+        return self._probabilities(self.scores(inputs))
+
+    def _probabilities(self, scores: np.ndarray) -> np.ndarray:
+        if self.outputs_probabilities:
+            return scores
+        shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def explained_classes(probabilities: np.ndarray, k: int = K) -> np.ndarray:
+    """class_ids [N, k']: the top k - 1 classes, most likely first, then the least likely one.
+
+    With fewer than ``k`` classes, all of them, most likely first (VAR needs at least 2).
+    """
+    probabilities = np.asarray(probabilities)
+    classes = probabilities.shape[1]
+    if classes < 2:
+        raise VarrtError("insertion/deletion with VAR needs a model with at least 2 classes")
+    descending = np.argsort(-probabilities, axis=1, kind="stable")
+    if classes <= k:
+        return descending.astype(np.int64)
+    return np.concatenate([descending[:, : k - 1], descending[:, -1:]], axis=1).astype(np.int64)
+
+
+def curves_for(
+    classifier: Classifier,
+    image: np.ndarray,
+    baseline: np.ndarray,
+    order: np.ndarray,
+    counts: np.ndarray,
+    class_id: int,
+) -> dict[str, np.ndarray]:
+    """Probability of ``class_id`` along the deletion and insertion curves, [S + 1] each."""
+    inputs = perturbed_inputs(image, baseline, order, counts)
+    probabilities = classifier.probabilities(np.concatenate([inputs[c] for c in CURVES]))[:, class_id]
+    return dict(zip(CURVES, np.split(probabilities, len(CURVES)), strict=True))
+
+
+# --- results --------------------------------------------------------------------------------------
+@dataclass
+class MethodCurves:
+    """Curves [N, S + 1] and AUCs [N] of one method, per kind (base / VAR) and curve."""
+
+    method: str
+    curves: dict[str, dict[str, np.ndarray]]
+    aucs: dict[str, dict[str, np.ndarray]]
+    empty_maps: dict[str, int]
+    seconds: float = 0.0
+
+
+@dataclass
+class InsertionDeletionResult:
+    model: str
+    paths: list[str]
+    class_ids: np.ndarray
+    probabilities: np.ndarray  # of the explained (top-1) class on the clean image
+    fractions: np.ndarray
+    reference: dict[str, np.ndarray]  # random ranking: curve -> [N, S + 1]
+    methods: list[MethodCurves] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def reference_aucs(self) -> dict[str, np.ndarray]:
+        return {c: np.array([trapezoid_auc(row, self.fractions) for row in self.reference[c]]) for c in CURVES}
+
+    def to_json(self, seed: int = 0) -> dict[str, Any]:
+        def interval(values: np.ndarray) -> dict[str, float | int]:
+            return metrics.bootstrap_mean_interval(values, seed=seed).as_dict()
+
+        reference = self.reference_aucs()
+        methods: dict[str, Any] = {}
+        for m in self.methods:
+            entry: dict[str, Any] = {"seconds": m.seconds, "empty_maps": m.empty_maps}
+            for curve in CURVES:
+                entry[curve] = {
+                    "base": interval(m.aucs["base"][curve]),
+                    "var": interval(m.aucs["var"][curve]),
+                    "var_minus_base": interval(m.aucs["var"][curve] - m.aucs["base"][curve]),
+                    "auc_base": m.aucs["base"][curve].tolist(),
+                    "auc_var": m.aucs["var"][curve].tolist(),
+                    "mean_curve_base": m.curves["base"][curve].mean(axis=0).tolist(),
+                    "mean_curve_var": m.curves["var"][curve].mean(axis=0).tolist(),
+                    "curves_base": m.curves["base"][curve].tolist(),
+                    "curves_var": m.curves["var"][curve].tolist(),
+                }
+            methods[m.method] = entry
+        return {
+            "benchmark": "insertion_deletion",
+            "model": self.model,
+            "settings": self.settings,
+            "images": [
+                {"path": path, "class_ids": ids.tolist(), "probability": float(p)}
+                for path, ids, p in zip(self.paths, self.class_ids, self.probabilities, strict=True)
+            ],
+            "fractions": self.fractions.tolist(),
+            "reference": {
+                "ranking": "random",
+                **{
+                    curve: {
+                        "auc": interval(reference[curve]),
+                        "aucs": reference[curve].tolist(),
+                        "mean_curve": self.reference[curve].mean(axis=0).tolist(),
+                    }
+                    for curve in CURVES
+                },
+            },
+            "methods": methods,
+        }
+
+    def table_rows(self, seed: int = 0) -> list[list[str]]:
+        report = self.to_json(seed)
+        rows = [["random ranking", "-", *(_format_interval(report["reference"][c]["auc"]) for c in CURVES), "-"]]
+        for method, entry in report["methods"].items():
+            for kind, label in (("base", "base"), ("var", "VAR"), ("var_minus_base", "VAR - base")):
+                seconds = f"{entry['seconds']:.1f}" if kind == "base" else ""
+                rows.append([method, label, *(_format_interval(entry[c][kind]) for c in CURVES), seconds])
+        return rows
+
+
+TABLE_HEADERS = [
+    "method",
+    "map",
+    "deletion AUC (lower better) [95% CI]",
+    "insertion AUC (higher better) [95% CI]",
+    "seconds",
+]
+
+
+def _format_interval(interval: Mapping[str, float]) -> str:
+    return f"{interval['mean']:.3f} [{interval['low']:.3f}, {interval['high']:.3f}]"
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+def run_insertion_deletion(
+    model: str | os.PathLike[str],
+    inputs: np.ndarray,
+    methods: Sequence[str] = METHODS,
+    *,
+    paths: Sequence[str | os.PathLike[str]] | None = None,
+    steps: int = 32,
+    ranking: str = "positive",
+    baseline: str = "zero",
+    blur_sigma: float = 5.0,
+    seed: int = 0,
+    temperature: float = 10.0,
+    tau: float = 0.01,
+    batch_size: int = 8,
+    perturb_batch: int = 66,
+    backend: str = "auto",
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    explainer_factory: Callable[..., Any] | None = None,
+    progress: Progress = _no_progress,
+) -> InsertionDeletionResult:
+    """Insertion and deletion curves of every method's top-1 map, base and VAR, on ``inputs``.
+
+    ``inputs`` are preprocessed float32 [N, C, H, W]; ``method_options`` maps a method to extra
+    ``Explainer`` options (``steps`` for integrated gradients, ``layer`` for Grad-CAM...).
+    """
+    if ranking not in RANKINGS:
+        raise UsageError(f"unknown ranking {ranking!r}: use {' or '.join(RANKINGS)}")
+    inputs = np.asarray(inputs, dtype=np.float32)
+    if inputs.ndim != 4 or len(inputs) == 0:
+        raise UsageError(f"expected a non-empty batch [N, C, H, W], got shape {inputs.shape}")
+    if explainer_factory is None:
+        import varrt
+
+        explainer_factory = varrt.Explainer
+    count, _, height, width = inputs.shape
+    counts = step_counts(height * width, steps)
+    fractions = counts / float(height * width)
+    classifier = Classifier(model, perturb_batch, backend)
+    clean = classifier.calibrate(inputs)
+    class_ids = explained_classes(clean)
+    top = class_ids[:, 0]
+    baselines = np.stack([make_baseline(image, baseline, blur_sigma) for image in inputs])
+    # One tie-break order per image, shared by every map (and the random reference ranking).
+    rng = np.random.default_rng(seed)
+    tiebreaks = np.stack([rng.permutation(height * width) for _ in range(count)])
+    reference_parts: dict[str, list[np.ndarray]] = {c: [] for c in CURVES}
+    for n in range(count):
+        random_order = np.argsort(tiebreaks[n], kind="stable")
+        for curve, values in curves_for(classifier, inputs[n], baselines[n], random_order, counts, top[n]).items():
+            reference_parts[curve].append(values)
+    result = InsertionDeletionResult(
+        model=os.fspath(model),
+        paths=[os.fspath(p) for p in paths] if paths is not None else [f"image {n}" for n in range(count)],
+        class_ids=class_ids,
+        probabilities=clean[np.arange(count), top],
+        fractions=fractions,
+        reference={c: np.stack(v) for c, v in reference_parts.items()},
+        settings={
+            "steps": steps,
+            "ranking": ranking,
+            "baseline": baseline,
+            "blur_sigma": blur_sigma if baseline == "blur" else None,
+            "seed": seed,
+            "temperature": temperature,
+            "tau": tau,
+            "backend": backend,
+            "k": int(class_ids.shape[1]),
+            "classes": "top4+min" if class_ids.shape[1] == K and clean.shape[1] > K else "all, most likely first",
+            "explained_class": "top-1 (first of class_ids)",
+            "score": "softmax probability of the explained class",
+            "auc": "trapezoid rule over the fraction of pixels perturbed",
+            "method_options": {m: dict(o) for m, o in (method_options or {}).items()},
+        },
+    )
+    done = 0
+    for method in methods:
+        # The ids here only pick the graph with a class_ids input; each call passes its own.
+        explainer = explainer_factory(
+            os.fspath(model),
+            method=method,
+            classes=list(range(class_ids.shape[1])),
+            backend=backend,
+            var=True,
+            temperature=temperature,
+            tau=tau,
+            batch_size=batch_size,
+            **dict((method_options or {}).get(method, {})),
+        )
+        started = time.perf_counter()
+        curves: dict[str, dict[str, list[np.ndarray]]] = {kind: {c: [] for c in CURVES} for kind in KINDS}
+        empty = dict.fromkeys(KINDS, 0)
+        for start in range(0, count, batch_size):
+            stop = min(start + batch_size, count)
+            explanation = explainer(inputs[start:stop], class_ids=class_ids[start:stop])
+            maps = {
+                "base": metrics.to_host(explanation.attributions)[:, 0],
+                "var": metrics.to_host(explanation.var)[:, 0],
+            }
+            for offset, n in enumerate(range(start, stop)):
+                for kind in KINDS:
+                    saliency = saliency_map(maps[kind][offset], ranking)
+                    empty[kind] += int(not np.any(saliency > 0))
+                    order = pixel_order(saliency, tiebreaks[n])
+                    values = curves_for(classifier, inputs[n], baselines[n], order, counts, top[n])
+                    for curve in CURVES:
+                        curves[kind][curve].append(values[curve])
+                done += 1
+                progress(done, len(methods) * count, method)
+        stacked = {kind: {c: np.stack(curves[kind][c]) for c in CURVES} for kind in KINDS}
+        result.methods.append(
+            MethodCurves(
+                method=method,
+                curves=stacked,
+                aucs={
+                    kind: {c: np.array([trapezoid_auc(row, fractions) for row in stacked[kind][c]]) for c in CURVES}
+                    for kind in KINDS
+                },
+                empty_maps=empty,
+                seconds=time.perf_counter() - started,
+            )
+        )
+    return result
+
+
+# --- plot -----------------------------------------------------------------------------------------
+def plot(report: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
+    """AUC bars (base vs VAR, 95% CI, random ranking dotted) and mean curves, per curve kind."""
+    from varrt.bench import plots
+
+    plt = plots.pyplot()
+    methods = list(report["methods"])
+    fractions = report["fractions"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = plt.subplots(2, 2, figsize=(max(10.0, 2.4 * len(methods) + 5), 8), squeeze=False)
+    x = np.arange(len(methods))
+    for column, curve in enumerate(CURVES):
+        bars = axes[0, column]
+        for offset, kind, color in ((-0.2, "base", "#8c8c8c"), (0.2, "var", "#d62728")):
+            stats = [report["methods"][m][curve][kind] for m in methods]
+            means = np.array([s["mean"] for s in stats])
+            errors = np.array([[s["mean"] - s["low"], s["high"] - s["mean"]] for s in stats]).T
+            bars.bar(
+                x + offset, means, 0.4, yerr=errors, capsize=3, color=color, label="VAR" if kind == "var" else kind
+            )
+        bars.axhline(report["reference"][curve]["auc"]["mean"], color="black", linestyle=":", label="random ranking")
+        bars.set_xticks(x, [m.replace("_", "\n") for m in methods])
+        bars.set_ylim(0, 1)
+        better = "lower" if curve == "deletion" else "higher"
+        bars.set_ylabel(f"{curve} AUC ({better} is better)")
+        bars.legend(fontsize=8)
+        lines = axes[1, column]
+        for index, method in enumerate(methods):
+            color = colors[index % len(colors)]
+            entry = report["methods"][method][curve]
+            lines.plot(fractions, entry["mean_curve_base"], "--", color=color, label=f"{method} base")
+            lines.plot(fractions, entry["mean_curve_var"], "-", color=color, label=f"{method} VAR")
+        lines.plot(fractions, report["reference"][curve]["mean_curve"], ":", color="black", label="random")
+        lines.set_xlabel(f"fraction of pixels {'deleted' if curve == 'deletion' else 'inserted'}")
+        lines.set_ylabel("probability of the explained class (mean)")
+        lines.set_ylim(0, 1)
+        lines.legend(fontsize=7, ncol=2)
+    settings = report["settings"]
+    figure.suptitle(
+        f"Insertion / deletion, {len(report['images'])} images, {settings['steps']} steps, "
+        f"{settings['baseline']} baseline, {settings['ranking']} ranking (95% bootstrap CI)"
+    )
+    figure.tight_layout()
+    figure.savefig(os.fspath(path), dpi=110)
+    plt.close(figure)
+    return os.fspath(path)
+
+
+# --- command line ---------------------------------------------------------------------------------
+def add_arguments(
+    commands: Any,
+    common: Callable[[argparse.ArgumentParser, str], None],
+    var_options: Callable[[argparse.ArgumentParser], None],
+    method_list_type: Callable[[str], list[str]],
+) -> argparse.ArgumentParser:
+    """Add ``deletion`` to ``varrt bench``'s subcommands (called by ``varrt.bench.cli``)."""
+    from varrt.bench import cli
+
+    p = commands.add_parser(
+        "deletion",
+        help="insertion / deletion AUC (Petsiuk et al.): base vs VAR per method",
+        description="Insertion and deletion AUC. Each image's top-1 class is explained (K = 5, top4+min, "
+        "top-1 first); pixels are ranked by the map (channel sum, positive part; or --ranking abs), ties in "
+        "a seeded random order. Deletion replaces the top-ranked pixels with the baseline in --steps steps, "
+        "insertion copies them into the baseline; each step's probability of the class comes from the plain "
+        "model in ONNX Runtime, and the AUC is the trapezoid over the fraction of pixels. Lower deletion and "
+        "higher insertion AUC are better; a random ranking is the reference. Reports base vs VAR per method "
+        "with 95% bootstrap intervals over images.",
+    )
+    common(p, os.path.join(cli.DEFAULT_OUT, "deletion"))
+    cli._method_option_arguments(p)
+    p.add_argument("--images", nargs="+", metavar="PATH", help="folders or files of photos (default: the bundled ones)")
+    p.add_argument(
+        "--methods",
+        type=method_list_type,
+        default=list(METHODS),
+        help=f"comma-separated, or all (default: {','.join(METHODS)})",
+    )
+    p.add_argument("--steps", type=int, default=32, help="perturbation steps per curve (default: %(default)s)")
+    p.add_argument(
+        "--ranking",
+        choices=RANKINGS,
+        default="positive",
+        help="pixel ranking: positive part of the channel sum, or channel sum of |A| (default: %(default)s)",
+    )
+    p.add_argument(
+        "--baseline",
+        choices=BASELINES,
+        default="zero",
+        help="what deleted pixels become and insertion starts from: 0 after normalisation (the mean colour) "
+        "or a Gaussian blur of the image (default: %(default)s)",
+    )
+    p.add_argument(
+        "--blur-sigma", type=float, default=5.0, help="blur baseline: sigma in pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--perturb-batch",
+        type=int,
+        default=66,
+        metavar="N",
+        help="perturbed images per ONNX Runtime call (default: %(default)s, both curves of 32 steps)",
+    )
+    var_options(p)
+    p.set_defaults(run=run_command)
+    return p
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from varrt import images
+    from varrt.bench import cli
+
+    model = cli._model_path(args)
+    plots = cli._plots_module(args)
+    out = cli._out_dir(args.out)
+    paths = cli._image_paths(args)
+    images.check_readable(paths)
+    prep = images.preprocessing_for(model)
+    inputs = np.stack([images.load_image(p, prep) for p in paths])
+    progress = cli._ProgressAdapter("deletion", enabled=False if args.quiet else None)
+    result = run_insertion_deletion(
+        model,
+        inputs,
+        args.methods,
+        paths=paths,
+        steps=args.steps,
+        ranking=args.ranking,
+        baseline=args.baseline,
+        blur_sigma=args.blur_sigma,
+        seed=args.seed,
+        temperature=args.temperature,
+        tau=args.tau,
+        batch_size=args.batch_size,
+        perturb_batch=args.perturb_batch,
+        backend=args.backend,
+        method_options=cli._method_options(args),
+        progress=progress,
+    )
+    progress.close()
+    report = result.to_json(seed=args.seed)
+    name_of = cli._class_names(model)
+    for entry in report["images"]:
+        entry["name"] = name_of(entry["class_ids"][0])
+    print(
+        f"insertion/deletion: {len(paths)} images ({', '.join(e['name'] for e in report['images'])}), "
+        f"{args.steps} steps, {args.baseline} baseline, {args.ranking} ranking, K = {report['settings']['k']}"
+    )
+    print(cli.format_table(TABLE_HEADERS, result.table_rows(seed=args.seed)))
+    written = [cli._write_json(report, out, "deletion.json")]
+    if plots is not None:
+        written.append(plot(report, out / "deletion.png"))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
