@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import os
 import secrets
 import sys
@@ -594,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if run is None:
         parser.print_help(sys.stderr)
         return 2
+    _configure_logging(args.debug)
     try:
         status = run(args)
         return 0 if status is None else int(status)
@@ -610,6 +612,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         message = f"internal error ({type(error).__name__}: {first}); run with --debug for the traceback"
         return _report(error, message, 1, args.debug)
+
+
+class _OneLine(logging.Filter):
+    """Warnings stay one line (no attached traceback) unless --debug."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def _configure_logging(debug: bool) -> None:
+    """varrt's warnings (a rebuilt cache entry...) as plain lines on stderr; other libraries'
+    (onnx_ir logs shape inference failures with a traceback; varrt reports what matters itself)
+    only with --debug."""
+    root = logging.getLogger()
+    if root.handlers:  # configured by whoever embeds main(); leave it alone
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    if not debug:
+        handler.addFilter(_OneLine())
+        logging.getLogger("onnx_ir").setLevel(logging.CRITICAL)
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 def _report(error: BaseException, message: str, status: int, debug: bool) -> int:
