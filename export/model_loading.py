@@ -84,6 +84,9 @@ def load_classifier(proto: onnx.ModelProto, name: str = "model") -> Classifier:
     data_input = _data_input(model.graph, name)
     logits = _logits_source(model.graph, name)
     _check_domains(model.graph, data_input, logits, name)
+    if logits.shape is None:
+        raise ModelError(f"{name}: ONNX shape inference finds no shape for the logits '{logits.name}'"
+                         f"{_strict_inference_error(model)}")
     return Classifier(model, data_input, logits, opset)
 
 
@@ -159,6 +162,15 @@ def infer_shapes(model: ir.Model, name: str) -> None:
                                                for d in value.shape):
                 raise ModelError(f"{name}: {node.op_type} node '{node.name}' gives '{value.name}' an impossible "
                                  f"shape {list(value.shape)}")
+
+
+def _strict_inference_error(model: ir.Model) -> str:
+    """Why lenient shape inference left values without shapes: the strict run's first error."""
+    try:
+        onnx.shape_inference.infer_shapes(ir.serde.serialize_model(model), check_type=True, strict_mode=True)
+    except Exception as error:
+        return f" ({_first_line(error)})"
+    return ""
 
 
 def _is_float(value: ir.Value) -> bool:
