@@ -51,6 +51,10 @@ def _custom(m):
     m.opset_import.append(helper.make_opsetid("com.example", 1))
 
 
+def _double_bias(m):
+    m.graph.initializer[1].CopyFrom(onnx.numpy_helper.from_array(np.zeros(4, np.float64), "b1"))
+
+
 def _two_inputs(m):
     m.graph.input.append(helper.make_tensor_value_info("x2", TensorProto.FLOAT, ["N", 3, 8, 8]))
 
@@ -105,6 +109,8 @@ CLI_CASES: list[tuple[str, Callable[[Path], None] | None, tuple[str, ...], int, 
     ("no-vjp-rule", _save(_edited(_round), "bad.onnx"), (*EXPORT, "bad.onnx"), 1, ("Round", "relu1")),
     ("custom-domain", _save(_edited(_custom), "bad.onnx"), (*EXPORT, "bad.onnx"), 1,
      ("MyRelu", "com.example", "relu1")),
+    ("type-mismatch", _save(_edited(_double_bias), "bad.onnx"), (*EXPORT, "bad.onnx"), 1,
+     ("bad.onnx", "conv1", "double")),
     ("several-inputs", _save(_edited(_two_inputs), "bad.onnx"), (*EXPORT, "bad.onnx"), 1, ("x", "x2")),
     ("no-float-input", _save(_edited(_int_input), "bad.onnx"), (*EXPORT, "bad.onnx"), 1, ("pixels", "INT64")),
     ("unknown-method-export", None, ("export", "-m", "nope", "-o", "out/g.onnx", "tiny.onnx"), 2, ("nope",)),
