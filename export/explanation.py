@@ -220,8 +220,8 @@ class _Builder:
         grad = backward(em, {self.logits_all: seed}, [feature])[0]  # [K, N, C, h, w]
         weights = em.reduce_mean(grad, [3, 4], keepdims=True)
         cam = em.Relu(em.reduce_sum(em.Mul(weights, feature), [2], keepdims=False))  # [K, N, h, w]
-        h, w = [int(d) for d in feature.shape[2:]]  # type: ignore[index]
-        height, width = [int(d) for d in self.image.shape[2:]]  # type: ignore[index]
+        h, w = [int(d) for d in feature.shape[2:]]  # type: ignore[index,arg-type]
+        height, width = [int(d) for d in self.image.shape[2:]]  # type: ignore[index,arg-type]
         up = [_bilinear_matrix(h, height), _bilinear_matrix(w, width)]
         # separable_vjp applies A_h^T . g . A_w; the forward upsample is U_h . cam . U_w^T
         return separable_vjp(Context(em), cam, [up[0].T.copy(), up[1].T.copy()])
@@ -254,7 +254,7 @@ def _feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str 
             for v in node.outputs:
                 depends.add(v)
                 dims = list(v.shape) if v.shape is not None else []
-                if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) and dims[2] * dims[3] > 1:
+                if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) and int(dims[2]) * int(dims[3]) > 1:  # type: ignore[arg-type]
                     candidates.append(v)
     upstream = _ancestors(logits)
     candidates = [v for v in candidates if v in upstream]

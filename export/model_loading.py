@@ -191,8 +191,10 @@ def _logits_source(graph: ir.Graph, name: str) -> ir.Value:
     outputs = [v for v in graph.outputs if v.dtype is not None and v.dtype.is_floating_point()]
     if not outputs:
         # skl2onnx's ZipMap turns probabilities into a sequence of maps: use the tensor it zips.
-        zipped = [v.producer() for v in graph.outputs if v.producer() and v.producer().op_type == "ZipMap"]
-        outputs = [node.inputs[0] for node in zipped if node.inputs[0] is not None]
+        for output in graph.outputs:
+            node = output.producer()
+            if node is not None and node.op_type == "ZipMap" and node.inputs[0] is not None:
+                outputs.append(node.inputs[0])
     if not outputs:
         raise ModelError(f"{name}: has no float output to explain")
     value = outputs[0]
@@ -221,7 +223,7 @@ def fold_constants(graph: ir.Graph) -> None:
             values: list[np.ndarray] = [dims[start:end]]
         elif all(v is None or v.const_value is not None for v in node.inputs):
             inputs = [v for v in node.inputs if v is not None]
-            if sum(v.const_value.size for v in inputs) > _FOLD_LIMIT:  # type: ignore[union-attr]
+            if sum(int(v.const_value.size) for v in inputs) > _FOLD_LIMIT:  # type: ignore[union-attr,misc]
                 continue
             try:
                 values = _evaluate(ReferenceEvaluator, node, graph.opset_imports)
@@ -232,7 +234,7 @@ def fold_constants(graph: ir.Graph) -> None:
         for out, array in zip(node.outputs, values):
             if out.is_graph_output() or not out.uses():
                 continue
-            name = graph.initializers.get(out.name) and f"{out.name}_folded" or out.name or "folded"
+            name = graph.initializers.get(out.name or "") and f"{out.name}_folded" or out.name or "folded"
             const = ir.Value(name=f"varrt_folded_{name}", shape=ir.Shape(array.shape),
                              type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
                              const_value=ir.tensor(array))
@@ -242,10 +244,10 @@ def fold_constants(graph: ir.Graph) -> None:
 
 def _evaluate(evaluator_cls, node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray]:
     proto_node = ir.serde.serialize_node(node)
-    names = [v.name for v in node.inputs if v is not None]
+    names = [v.name or "" for v in node.inputs if v is not None]
     feeds = {v.name: v.const_value.numpy() for v in node.inputs if v is not None}  # type: ignore[union-attr]
     inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names]
-    outputs = [onnx.helper.make_tensor_value_info(o.name, onnx.TensorProto.UNDEFINED, None)
+    outputs = [onnx.helper.make_tensor_value_info(o.name or "", onnx.TensorProto.UNDEFINED, None)
                for o in node.outputs]
     graph = onnx.helper.make_graph([proto_node], "fold", inputs, outputs)
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v)

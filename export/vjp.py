@@ -29,7 +29,7 @@ def vjp_model(proto: onnx.ModelProto, *, guided: bool = False) -> onnx.ModelProt
     for out in graph.outputs:
         if out.dtype is None or not out.dtype.is_floating_point():
             continue
-        cot = ir.Value(name=f"cotangent_{out.name}", type=out.type, shape=ir.Shape(["K", *out.shape]))
+        cot = ir.Value(name=f"cotangent_{out.name}", type=out.type, shape=ir.Shape(["K", *(out.shape or [])]))
         graph.inputs.append(cot)
         seeds[out] = cot
     grads = backward(em, seeds, wrt, guided=guided)

@@ -85,7 +85,7 @@ def prelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 def hard_sigmoid(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     alpha = node.attributes.get_float("alpha", 0.2)
     beta = node.attributes.get_float("beta", 0.5)
-    x = node.inputs[0]
+    x: ir.Value = node.inputs[0]  # type: ignore[assignment]
     # 0 < alpha*x + beta < 1, written for x (alpha > 0 in every exporter's use)
     low, high = (-beta / alpha, (1.0 - beta) / alpha)
     inside = _inside(ctx.em, x, min(low, high), max(low, high))
@@ -109,7 +109,8 @@ def clip(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 @rule("Gelu", since=20)
 def gelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, x = ctx.em, node.inputs[0]
+    em = ctx.em
+    x: ir.Value = node.inputs[0]  # type: ignore[assignment]
     if node.attributes.get_string("approximate", "none") == "tanh":
         # d/dx 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)
         c = math.sqrt(2.0 / math.pi)

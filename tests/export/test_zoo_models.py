@@ -14,7 +14,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
 from varrt.export import explain_graph
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
