@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 SHAPE = (3, 8, 8)  # C, H, W of the tiny models
 CLASSES = 6
@@ -98,3 +101,21 @@ def light_zoo_model(name: str) -> onnx.ModelProto | None:
 
 def images(count: int, shape: tuple[int, ...] = SHAPE, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(count, *shape)).astype(np.float32)
+
+
+def varrt_command() -> list[str]:
+    script = Path(sys.executable).parent / "varrt"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "varrt.cli"]
+
+
+def run_varrt(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, VARRT_CACHE_DIR=str(cwd / ".varrt-cache"))
+    return subprocess.run([*varrt_command(), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=timeout)
+
+
+def write_png(path: Path, size: tuple[int, int] = (12, 12), seed: int = 0, mode: str = "RGB") -> Path:
+    rng = np.random.default_rng(seed)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    Image.fromarray(rng.integers(0, 256, size=shape, dtype=np.uint8), mode).save(path)
+    return path

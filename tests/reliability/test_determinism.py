@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import reliability_models as models
-from conftest import run_varrt
 from varrt.explainer import Explainer
 from varrt.export import explain_graph
 
@@ -35,10 +34,11 @@ def test_smoothgrad_noise_is_seeded(tmp_path):
 def test_two_processes_are_bit_identical(workdir):
     outputs = []
     for run in range(2):
-        result = run_varrt("explain", "tiny.onnx", "img0.png", "img1.png", "img2.png", "--out", f"out{run}", "-q",
-                           "--no-overlays", "--batch-size", "2", cwd=workdir)
+        result = models.run_varrt("explain", "tiny.onnx", "img0.png", "img1.png", "img2.png", "--out", f"out{run}",
+                                  "-q", "--no-overlays", "--batch-size", "2", cwd=workdir)
         assert result.returncode == 0, result.stderr
-        exported = run_varrt("export", "tiny.onnx", "-m", "guided_gradcam", "-o", f"graph{run}.onnx", cwd=workdir)
+        exported = models.run_varrt("export", "tiny.onnx", "-m", "guided_gradcam", "-o", f"graph{run}.onnx",
+                                    cwd=workdir)
         assert exported.returncode == 0, exported.stderr
         outputs.append(run)
         # each process builds its own graph from scratch

@@ -13,7 +13,6 @@ import numpy as np
 import onnx
 import pytest
 import reliability_models as models
-from conftest import run_varrt, write_png
 from onnx import TensorProto, helper
 from varrt.errors import ModelError, UnsupportedOpError, UsageError
 from varrt.explainer import Explainer
@@ -166,7 +165,7 @@ def test_cli_error(case, workdir):
     if setup is not None:
         setup(workdir)
     before = _files(workdir)
-    result = run_varrt(*args, cwd=workdir)
+    result = models.run_varrt(*args, cwd=workdir)
     assert result.returncode == code, (result.returncode, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("varrt: error: "), result.stderr
@@ -178,20 +177,20 @@ def test_cli_error(case, workdir):
 
 
 def test_debug_adds_the_traceback(workdir):
-    result = run_varrt("--debug", "export", "-m", "gradient", "-o", "g.onnx", "missing.onnx", cwd=workdir)
+    result = models.run_varrt("--debug", "export", "-m", "gradient", "-o", "g.onnx", "missing.onnx", cwd=workdir)
     assert result.returncode == 1 and "Traceback" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("varrt: error: ")
 
 
 def test_auto_backend_falls_back_to_the_cpu(workdir):
-    result = run_varrt("explain", "tiny.onnx", IMG, "--out", "out", "-q", "--backend", "auto", cwd=workdir)
+    result = models.run_varrt("explain", "tiny.onnx", IMG, "--out", "out", "-q", "--backend", "auto", cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert {p.name for p in (workdir / "out").iterdir()} == {"img0.npz", "img0.png"}
 
 
 def test_grayscale_and_odd_sized_images_are_converted(workdir):
-    write_png(workdir / "gray.png", size=(30, 7), mode="L")
-    result = run_varrt("explain", "tiny.onnx", "gray.png", "--out", "out", "-q", "--no-overlays", cwd=workdir)
+    models.write_png(workdir / "gray.png", size=(30, 7), mode="L")
+    result = models.run_varrt("explain", "tiny.onnx", "gray.png", "--out", "out", "-q", "--no-overlays", cwd=workdir)
     assert result.returncode == 0, result.stderr
     assert np.load(workdir / "out" / "gray.npz")["attributions"].shape == (5, *models.SHAPE)
 
