@@ -80,6 +80,7 @@ def load_classifier(proto: onnx.ModelProto, name: str = "model") -> Classifier:
         except Exception as error:
             raise ModelError(f"{name}: initializer '{init.name}' is unreadable: {_first_line(error)}") from None
     fold_constants(model.graph)
+    fold_pads_into_convs(model.graph)
     infer_shapes(model, name)
     data_input = _data_input(model.graph, name)
     logits = _logits_source(model.graph, name)
@@ -240,6 +241,51 @@ def fold_constants(graph: ir.Graph) -> None:
                              const_value=ir.tensor(array))
             graph.register_initializer(const)
             out.replace_all_uses_with(const)
+
+
+def fold_pads_into_convs(graph: ir.Graph) -> None:
+    """Pad(zeros) -> Conv becomes one Conv with larger pads.
+
+    TensorFlow-style exports pad asymmetrically with a separate Pad; folded, the forward is
+    unchanged and the backward needs no Slice for the Pad.
+    """
+    for conv in list(graph):
+        pad = conv.inputs[0].producer() if conv.op_type == "Conv" and conv.inputs[0] is not None else None
+        if pad is None or pad.op_type != "Pad" or len(pad.outputs[0].uses()) != 1 or pad.outputs[0].is_graph_output():
+            continue
+        if conv.attributes.get_string("auto_pad", "NOTSET") != "NOTSET":
+            continue
+        amounts = _zero_pad_amounts(pad, graph.opset_imports.get("", 1))
+        x = pad.inputs[0]
+        if amounts is None or x is None or x.shape is None and len(amounts) == 0:
+            continue
+        rank = len(amounts) // 2
+        begin, end = amounts[:rank], amounts[rank:]
+        if begin[:2] != [0, 0] or end[:2] != [0, 0] or min(amounts) < 0:
+            continue
+        spatial = rank - 2
+        current = list(conv.attributes.get_ints("pads", [0] * (2 * spatial)))
+        merged = [c + p for c, p in zip(current[:spatial], begin[2:])] + \
+                 [c + p for c, p in zip(current[spatial:], end[2:])]
+        conv.attributes["pads"] = ir.AttrInt64s("pads", merged)
+        conv.replace_input_with(0, x)
+
+
+def _zero_pad_amounts(pad: ir.Node, opset: int) -> list[int] | None:
+    """The pads of a constant, zero-valued Pad over all axes, or None."""
+    if pad.attributes.get_string("mode", "constant") != "constant":
+        return None
+    if opset < 11:
+        if pad.attributes.get_float("value", 0.0) != 0.0:
+            return None
+        return list(pad.attributes.get_ints("pads", []))
+    inputs = list(pad.inputs) + [None] * 4
+    pads, value, axes = inputs[1], inputs[2], inputs[3]
+    if pads is None or pads.const_value is None or axes is not None:
+        return None
+    if value is not None and (value.const_value is None or float(value.const_value.numpy().reshape(-1)[0]) != 0.0):
+        return None
+    return [int(v) for v in pads.const_value.numpy().reshape(-1)]
 
 
 def _evaluate(evaluator_cls, node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray]:

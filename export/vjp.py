@@ -13,13 +13,14 @@ import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 from varrt.export.autodiff import backward
 from varrt.export.emitter import Emitter
-from varrt.export.model_loading import fold_constants, infer_shapes
+from varrt.export.model_loading import fold_constants, fold_pads_into_convs, infer_shapes
 
 
 def vjp_model(proto: onnx.ModelProto, *, guided: bool = False) -> onnx.ModelProto:
     model = ir.serde.deserialize_model(proto)
     ir_passes.RemoveInitializersFromInputsPass()(model)
     fold_constants(model.graph)
+    fold_pads_into_convs(model.graph)
     infer_shapes(model, proto.graph.name or "model")
     graph = model.graph
     opset = graph.opset_imports.get("", 1)
