@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from varrt.bench.speed import latency_summary
 
 FLOW = "torch+captum"
 INPUT_SHAPE = (3, 224, 224)
@@ -65,16 +66,6 @@ def export_onnx(model: Any, path: Path) -> Path:
         dynamo=False,
     )
     return path
-
-
-def summary(seconds: Sequence[float]) -> dict[str, Any]:
-    milliseconds = [1000.0 * s for s in seconds]
-    return {
-        "median": statistics.median(milliseconds),
-        "p90": float(np.percentile(milliseconds, 90)),
-        "min": min(milliseconds),
-        "samples": len(milliseconds),
-    }
 
 
 def timed(call: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
@@ -179,7 +170,7 @@ def run(
 
     result: dict[str, Any] = {"flow": FLOW, "method": method, "k": k, "threads": threads, "throughput": {}}
     seconds = timed(lambda: reference_call(model, attribute, torch.from_numpy(images[1]), k), repeats, warmup)
-    result["latency_ms"] = summary(seconds)
+    result["latency_ms"] = latency_summary(seconds)
     for batch in batch_sizes:
         batch_images = torch.from_numpy(images[batch])
         batch_seconds = timed(lambda: reference_call(model, attribute, batch_images, k), throughput_repeats, 1)  # noqa: B023
@@ -217,8 +208,8 @@ def _varrt_side(
     )
     forward = timed(lambda: session.run(None, {"input": images}), repeats, warmup)
     return {
-        "varrt": {"flow": "varrt onnxruntime-cpu", "latency_ms": summary(seconds)},
-        "ort_forward": {"flow": "onnxruntime forward only", "latency_ms": summary(forward)},
+        "varrt": {"flow": "varrt onnxruntime-cpu", "latency_ms": latency_summary(seconds)},
+        "ort_forward": {"flow": "onnxruntime forward only", "latency_ms": latency_summary(forward)},
     }
 
 
