@@ -207,3 +207,24 @@ class Backend:
 
 def _shape_text(shape: tuple[Dim, ...]) -> str:
     return "[" + ", ".join(str(d) if d not in (None, 0) else "?" for d in shape) + "]"
+
+
+class CudaStreamBackend(Backend):
+    """A GPU backend: CuPy arrays on one device, all work ordered on one non-default CuPy stream
+    (the VAR kernel is launched on the same stream, so nothing synchronises with the host)."""
+
+    def _use_stream(self, device_id: int, stream: Any) -> None:
+        import cupy
+
+        self.device_id = device_id
+        with cupy.cuda.Device(device_id):
+            self.stream = stream if stream is not None else cupy.cuda.Stream(non_blocking=True)
+
+    @property
+    def array_module(self) -> Any:
+        import cupy
+
+        return cupy
+
+    def stream_context(self) -> contextlib.AbstractContextManager[Any]:
+        return self.stream  # type: ignore[no-any-return]

@@ -12,7 +12,6 @@ VAR kernel) is ordered after the graph without a host synchronization.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from varrt.backends.base import Backend, TensorSpec, resolve_output_shapes
+from varrt.backends.base import Backend, CudaStreamBackend, TensorSpec, resolve_output_shapes
 from varrt.errors import ModelError, UsageError, VarrtError
 
 logger = logging.getLogger(__name__)
@@ -171,7 +170,7 @@ def cuda_provider_options(device_id: int, stream_ptr: int) -> dict[str, str]:
     return {"device_id": str(device_id), "user_compute_stream": str(stream_ptr)}
 
 
-class OnnxRuntimeCUDABackend(Backend):
+class OnnxRuntimeCUDABackend(CudaStreamBackend):
     """ONNX Runtime's CUDA EP with IOBinding on CuPy arrays, on one non-default CuPy stream.
 
     ``run`` accepts CuPy (or NumPy, uploaded on the stream) arrays and returns CuPy arrays that
@@ -187,21 +186,8 @@ class OnnxRuntimeCUDABackend(Backend):
         reason = cuda_unavailable_reason()
         if reason is not None:
             raise UsageError(f"backend onnxruntime-cuda is not available: {reason}")
-        import cupy
-
-        self.device_id = device_id
-        with cupy.cuda.Device(device_id):
-            self.stream = stream if stream is not None else cupy.cuda.Stream(non_blocking=True)
+        self._use_stream(device_id, stream)
         self._session: Any = None
-
-    @property
-    def array_module(self) -> Any:
-        import cupy
-
-        return cupy
-
-    def stream_context(self) -> contextlib.AbstractContextManager[Any]:
-        return self.stream  # type: ignore[no-any-return]
 
     def _load_impl(self) -> None:
         import onnxruntime as ort

@@ -16,7 +16,6 @@ the I/O plan, parser error text) is a plain function here, tested on CPU-only ma
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from varrt.backends.base import Backend, TensorSpec
+from varrt.backends.base import CudaStreamBackend, TensorSpec
 from varrt.cache import atomic_write_bytes, default_cache_dir
 from varrt.errors import ModelError, UsageError, VarrtError
 
@@ -293,7 +292,7 @@ def tensorrt_unavailable_reason() -> str | None:
     return None
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(CudaStreamBackend):
     """TensorRT engine over CuPy buffers and a non-default CuPy stream.
 
     One execution context serves all calls; it is not re-entrant, so ``run`` holds a lock while
@@ -320,28 +319,16 @@ class TensorRTBackend(Backend):
         reason = tensorrt_unavailable_reason()
         if reason is not None:
             raise UsageError(f"backend tensorrt is not available: {reason}")
-        import cupy
 
         self.options = engine_options(batch_size, classes, fp16, workspace_bytes)
         self.profile = profile_shapes(self.inputs, batch_size, self.options.classes)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.device_id = device_id
-        with cupy.cuda.Device(device_id):
-            self.stream = stream if stream is not None else cupy.cuda.Stream(non_blocking=True)
+        self._use_stream(device_id, stream)
         self._run_lock = threading.Lock()
         self._engine: Any = None
         self._context: Any = None
         self._outputs: list[IOTensor] = []
         self.engine_path: Path | None = None
-
-    @property
-    def array_module(self) -> Any:
-        import cupy
-
-        return cupy
-
-    def stream_context(self) -> contextlib.AbstractContextManager[Any]:
-        return self.stream  # type: ignore[no-any-return]
 
     def _load_impl(self) -> None:
         import cupy
