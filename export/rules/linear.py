@@ -31,7 +31,69 @@ def conv(ctx: Context, node: ir.Node, g: ir.Value) -> list:
         gx = ctx.em.Conv(rows, ctx.em.const(flipped), pads=pads, dilations=w.dilations, group=group,
                          kernel_shape=kernel)
         return [ctx.from_rows(gx, g, node.inputs[0])] + rest
+    phases = _phase_kernels(constant.numpy(), group, w) if constant is not None else None
+    if phases is not None:
+        gx = _interleave(ctx, [[ctx.em.Conv(rows, ctx.em.const(kernel_r), pads=pads_r, group=group,
+                                            kernel_shape=list(kernel_r.shape[2:]))
+                                for kernel_r, pads_r in row] for row in phases],
+                         ctx.dims(node.inputs[0])[1], w.in_sizes)  # type: ignore[arg-type]
+        return [ctx.from_rows(gx, g, node.inputs[0])] + rest
     return [ctx.from_rows(transposed_to_input(ctx, rows, weight, w, group), g, node.inputs[0])] + rest  # type: ignore[arg-type]
+
+
+def _phase_kernels(weight: np.ndarray, group: int, w) -> list[list[tuple[np.ndarray, list[int]]]] | None:
+    """A strided 2-D conv's input gradient as s*s stride-1 Convs, one per output phase.
+
+    Input position y = s*q + r receives tap i from cotangent position q - m with
+    m = (i*dilation - r - pad_begin) / s, when that is an integer: each phase r is a plain
+    correlation of the cotangent with the taps of that phase. Returns [r_h][r_w] -> (weights,
+    pads), or None when the geometry does not fit (unequal strides, sizes not divisible by s,
+    a phase without taps, pads that would crop).
+    """
+    s = w.strides[0]
+    if len(w.strides) != 2 or s == 1 or any(t != s for t in w.strides) or any(i % s for i in w.in_sizes):
+        return None
+    axes = []  # per axis, per phase: (taps [(i, m)], kernel length, pad begin, pad end)
+    for k, d, p, size, out in zip(w.kernel, w.dilations, w.pads_begin, w.in_sizes, w.out_sizes):
+        phases = []
+        for r in range(s):
+            taps = [(i, (i * d - r - p) // s) for i in range(k) if (i * d - r - p) % s == 0]
+            if not taps:
+                return None
+            top = max(m for _, m in taps)
+            length = top - min(m for _, m in taps) + 1
+            end = size // s - out + length - 1 - top
+            if top < 0 or end < 0:
+                return None
+            phases.append((taps, length, top, end))
+        axes.append(phases)
+    flipped = _flipped_transposed(weight, group)  # [C_in, C_out/g, k_h, k_w], kernels rotated
+    k_h, k_w = w.kernel
+    result = []
+    for taps_h, len_h, top_h, end_h in axes[0]:
+        row = []
+        for taps_w, len_w, top_w, end_w in axes[1]:
+            kernel = np.zeros(flipped.shape[:2] + (len_h, len_w), dtype=weight.dtype)
+            for i_h, m_h in taps_h:
+                for i_w, m_w in taps_w:
+                    # correlation tap t = top - m reads cotangent position q + t - top = q - m
+                    kernel[:, :, len_h - 1 - (top_h - m_h), len_w - 1 - (top_w - m_w)] = \
+                        flipped[:, :, k_h - 1 - i_h, k_w - 1 - i_w]
+            row.append((np.ascontiguousarray(kernel[:, :, ::-1, ::-1]), [top_h, top_w, end_h, end_w]))
+        result.append(row)
+    return result
+
+
+def _interleave(ctx: Context, phases: list[list[ir.Value]], channels: int, sizes: list[int]) -> ir.Value:
+    """[r_h][r_w] -> [B, C, Q_h, Q_w] phases into one [B, C, s*Q_h, s*Q_w] tensor, with
+    concatenations on the last axes (contiguous copies) instead of a 6-D transpose."""
+    em = ctx.em
+    rows = []
+    for row in phases:  # interleave along W: [B, C, Q_h, Q_w, s] -> [B, C, Q_h, s*Q_w]
+        stacked = em.Concat(*[em.unsqueeze(p, [4]) for p in row], axis=4)
+        rows.append(em.Reshape(stacked, em.ints([0, channels, 0, -1])))
+    stacked = em.Concat(*[em.unsqueeze(r, [3]) for r in rows], axis=3)  # [B, C, Q_h, s, s*Q_w]
+    return em.Reshape(stacked, em.ints([0, channels, *sizes]))
 
 
 def _flipped_transposed(weight: np.ndarray, group: int) -> np.ndarray:
