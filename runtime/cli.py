@@ -403,6 +403,20 @@ def _method_help(default: str | None) -> str:
     return f"attribution method: {', '.join(_methods())}{suffix}"
 
 
+def _add_runtime_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
+    """--backend, --device, --batch-size: where and in what batches explain and demo run."""
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=_BACKENDS,
+        metavar="NAME",
+        help=f"runtime backend: {', '.join(_BACKENDS)} (default auto)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, metavar="N",
+                        help=f"images per batch (default {batch_size})")
+
+
 def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     """``varrt explain MODEL IMAGES...``."""
     parser = subparsers.add_parser(
@@ -428,15 +442,7 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
         help="classes to explain per image: topK, topK+min (K most likely + least likely), "
         "K (= topK) or class ids 281,285 (default top4+min)",
     )
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=_BACKENDS,
-        metavar="NAME",
-        help=f"runtime backend: {', '.join(_BACKENDS)} (default auto)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N", help="images per batch (default 8)")
+    _add_runtime_options(parser, batch_size=8)
     prep = parser.add_argument_group(
         "preprocessing (default: the model's metadata, else imagenet; resize shorter side to size/0.875, centre crop)"
     )
@@ -488,15 +494,7 @@ def add_demo_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", "-o", default=DEMO_OUT, metavar="DIR", help=f"output directory (default ./{DEMO_OUT})")
     parser.add_argument("--method", "-m", default="guided_backprop", help=_method_help("guided_backprop"))
-    parser.add_argument(
-        "--backend",
-        default="auto",
-        choices=_BACKENDS,
-        metavar="NAME",
-        help=f"runtime backend: {', '.join(_BACKENDS)} (default auto)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per batch (default 4)")
+    _add_runtime_options(parser, batch_size=4)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
     parser.set_defaults(run=_run_demo)
 

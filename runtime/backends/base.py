@@ -209,6 +209,21 @@ def _shape_text(shape: tuple[Dim, ...]) -> str:
     return "[" + ", ".join(str(d) if d not in (None, 0) else "?" for d in shape) + "]"
 
 
+def cuda_device_unavailable_reason() -> str | None:
+    """None when CuPy sees a CUDA device, else a one-line reason (shared by the GPU backends)."""
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy is not installed (pip install cupy-cuda12x)"
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA device is visible"
+    except Exception as error:  # CUDARuntimeError when no driver is loaded
+        cause = str(error).strip().splitlines()
+        return f"no CUDA device is usable ({cause[0] if cause else type(error).__name__})"
+    return None
+
+
 class CudaStreamBackend(Backend):
     """A GPU backend: CuPy arrays on one device, all work ordered on one non-default CuPy stream
     (the VAR kernel is launched on the same stream, so nothing synchronises with the host)."""

@@ -20,7 +20,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-from varrt.backends.base import Backend, CudaStreamBackend, TensorSpec, resolve_output_shapes
+from varrt.backends.base import (
+    Backend,
+    CudaStreamBackend,
+    TensorSpec,
+    cuda_device_unavailable_reason,
+    resolve_output_shapes,
+)
 from varrt.errors import ModelError, UsageError, VarrtError
 
 logger = logging.getLogger(__name__)
@@ -118,16 +124,7 @@ def cuda_unavailable_reason() -> str | None:
         return "onnxruntime is not installed"
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed (pip install cupy-cuda12x)"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "no CUDA device is visible"
-    except Exception as error:  # CUDARuntimeError when no driver is loaded
-        return f"no CUDA device is usable ({_first_line(error)})"
-    return None
+    return cuda_device_unavailable_reason()
 
 
 @dataclass(frozen=True)

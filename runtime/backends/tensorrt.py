@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from varrt.backends.base import CudaStreamBackend, TensorSpec
+from varrt.backends.base import CudaStreamBackend, TensorSpec, cuda_device_unavailable_reason
 from varrt.cache import atomic_write_bytes, default_cache_dir
 from varrt.errors import ModelError, UsageError, VarrtError
 
@@ -280,16 +280,7 @@ def tensorrt_unavailable_reason() -> str | None:
         import tensorrt  # noqa: F401
     except ImportError:
         return "TensorRT not installed"
-    try:
-        import cupy
-    except ImportError:
-        return "CuPy is not installed (pip install cupy-cuda12x)"
-    try:
-        if cupy.cuda.runtime.getDeviceCount() < 1:
-            return "no CUDA device is visible"
-    except Exception as error:
-        return f"no CUDA device is usable ({str(error).strip() or type(error).__name__})"
-    return None
+    return cuda_device_unavailable_reason()
 
 
 class TensorRTBackend(CudaStreamBackend):
