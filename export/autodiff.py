@@ -4,7 +4,9 @@
 rule for its input cotangents. It does the generic work so rules stay small: it restricts the
 walk to the gradient path (float values that depend on ``wrt`` and reach a seed), sums the
 cotangents of values with several consumers, checks each rule answered one entry per input, and
-fails naming the op type, node and opset when a rule is missing.
+fails naming the op type, node and opset when a rule is missing. A strided Conv's cotangent may
+travel as its stride phases (export/phases.py): the driver sums phases phase by phase and joins
+them for any rule not marked ``takes_phases``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Mapping, Sequence
 
 import onnx_ir as ir
 from varrt.errors import UnsupportedOpError
+from varrt.export import phases
 from varrt.export.emitter import Emitter
+from varrt.export.phases import Phased
 from varrt.export.rules import lookup
 from varrt.export.rules.context import ZERO, Context
 
@@ -33,7 +37,7 @@ def backward(
     forward_nodes = list(em.graph)  # snapshot: the nodes emitted below are not walked
     path = _gradient_path(forward_nodes, set(seeds), set(wrt))
     ctx = Context(em, guided=guided)
-    cotangents: dict[ir.Value, list[ir.Value]] = {value: [g] for value, g in seeds.items()}
+    cotangents: dict[ir.Value, list[ir.Value | Phased]] = {value: [g] for value, g in seeds.items()}
 
     for node in reversed(forward_nodes):
         if not any(v in cotangents for v in node.outputs) or not any(v in path for v in node.inputs):
@@ -45,7 +49,9 @@ def backward(
                 f"no gradient rule for op {node.op_type}{domain} (node '{node.name}', opset {em.opset}) "
                 "on the path from the input to the logits"
             )
-        outs = [_total(em, cotangents.get(v)) for v in node.outputs]
+        outs = [_total(ctx, cotangents.get(v)) for v in node.outputs]
+        if not getattr(rule, "takes_phases", False):
+            outs = [ctx.whole(g) for g in outs]
         ctx.output_cotangents = outs
         first = outs[0] if outs[0] is not None else next(g for g in outs if g is not None)
         results = rule(ctx, node, first)
@@ -64,7 +70,7 @@ def backward(
 
     grads = []
     for value in wrt:
-        total = _total(em, cotangents.get(value))
+        total = ctx.whole(_total(ctx, cotangents.get(value)))
         if total is None:
             some_seed = next(iter(seeds.values()))
             total = em.zeros_like(em.Concat(em.shape(some_seed, 0, 1), em.shape(value), axis=0), value)
@@ -85,8 +91,10 @@ def _gradient_path(nodes: Sequence[ir.Node], seeds: set[ir.Value], wrt: set[ir.V
     return depends & reaches
 
 
-def _total(em: Emitter, parts: list[ir.Value] | None) -> ir.Value | None:
-    return None if not parts else em.add_all(parts)
+def _total(ctx: Context, parts: list[ir.Value | Phased] | None) -> ir.Value | Phased | None:
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else phases.add(ctx.em, parts, ctx.whole)
 
 
 def _is_float(value: ir.Value) -> bool:

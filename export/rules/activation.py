@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import onnx_ir as ir
 from varrt.export.emitter import Emitter
+from varrt.export.phases import takes_phases
 from varrt.export.rules import rule
 from varrt.export.rules.context import Context
 
@@ -20,11 +22,11 @@ Derivative = Callable[[Emitter, ir.Value, ir.Value], ir.Value]  # (em, x, y) -> 
 def _unary(op_type: str, derivative: Derivative, guided_family: bool = False) -> None:
     def vjp(ctx: Context, node: ir.Node, g: ir.Value) -> list:
         if guided_family and ctx.guided:
-            g = ctx.em.Relu(g)
+            g = ctx.positive_part(g)
         local = derivative(ctx.em, node.inputs[0], node.outputs[0])  # type: ignore[arg-type]
-        return [ctx.em.Mul(g, local)] + [None] * (len(node.inputs) - 1)
+        return [ctx.times(g, local)] + [None] * (len(node.inputs) - 1)
 
-    rule(op_type)(vjp)
+    rule(op_type)(takes_phases(vjp))
 
 
 def _positive(em: Emitter, x: ir.Value) -> ir.Value:
@@ -47,7 +49,9 @@ def _gaussian_density(em: Emitter, x: ir.Value) -> ir.Value:
     return em.Mul(em.Exp(half_square), em.scalar(1.0 / math.sqrt(2.0 * math.pi), like=x))
 
 
-_unary("Relu", lambda em, x, y: _positive(em, x), guided_family=True)
+# y > 0 exactly where x > 0; reading y rather than x leaves x a single-use value, which lets
+# runtimes fuse the activation into the convolution before it (ONNX Runtime: Conv+Relu/Clip).
+_unary("Relu", lambda em, x, y: _positive(em, y), guided_family=True)
 _unary("Sigmoid", lambda em, x, y: _sigmoid_derivative(em, y))
 _unary("Tanh", lambda em, x, y: em.Sub(em.scalar(1.0, like=y), em.Mul(y, y)))
 _unary("Exp", lambda em, x, y: y)
@@ -64,6 +68,7 @@ _unary("HardSwish", lambda em, x, y: em.Add(
 ))
 
 
+@takes_phases
 @rule("LeakyRelu", "Elu")
 def leaky_relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x, y = ctx.em, node.inputs[0], node.outputs[0]
@@ -71,16 +76,18 @@ def leaky_relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # Elu's slope below zero is y + alpha; LeakyRelu's is alpha.
     below = em.scalar(alpha, like=x) if node.op_type == "LeakyRelu" else em.Add(y, em.scalar(alpha, like=x))
     if ctx.guided and node.op_type == "LeakyRelu":
-        g = em.Relu(g)
-    return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), below))]
+        g = ctx.positive_part(g)
+    return [ctx.times(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), below))]
 
 
+@takes_phases
 @rule("PRelu")
 def prelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x, slope = ctx.em, node.inputs[0], node.inputs[1]
-    return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), slope)), None]
+    return [ctx.times(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), slope)), None]
 
 
+@takes_phases
 @rule("HardSigmoid")
 def hard_sigmoid(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     alpha = node.attributes.get_float("alpha", 0.2)
@@ -89,24 +96,29 @@ def hard_sigmoid(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # 0 < alpha*x + beta < 1, written for x (alpha > 0 in every exporter's use)
     low, high = (-beta / alpha, (1.0 - beta) / alpha)
     inside = _inside(ctx.em, x, min(low, high), max(low, high))
-    return [ctx.em.Mul(g, ctx.em.Mul(inside, ctx.em.scalar(alpha, like=x)))]
+    return [ctx.times(g, ctx.em.Mul(inside, ctx.em.scalar(alpha, like=x)))]
 
 
+@takes_phases
 @rule("Clip")
 def clip(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x = ctx.em, node.inputs[0]
     if ctx.opset < 11:
-        low: float | None = node.attributes.get_float("min", -math.inf)
-        high: float | None = node.attributes.get_float("max", math.inf)
+        low = cast(float, node.attributes.get_float("min", -math.inf))  # with a default: never None
+        high = cast(float, node.attributes.get_float("max", math.inf))
     else:
         low_array, high_array = ctx.const(node, 1), ctx.const(node, 2)
         low = -math.inf if low_array is None else float(low_array)
         high = math.inf if high_array is None else float(high_array)
     if ctx.guided and low == 0.0:  # ReLU6 and friends are ReLUs for guided backprop
-        g = em.Relu(g)
-    return [em.Mul(g, _inside(em, x, low, high))] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
+        g = ctx.positive_part(g)
+    # low < y < high exactly where low < x < high (y = clip(x) sits on a bound otherwise), and
+    # reading the output keeps the input single-use, so Conv+Clip can fuse (see Relu).
+    y = node.outputs[0] if low < high else x
+    return [ctx.times(g, _inside(em, y, low, high))] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
 
 
+@takes_phases
 @rule("Gelu", since=20)
 def gelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em = ctx.em
@@ -125,4 +137,4 @@ def gelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
         cdf = em.Mul(em.scalar(0.5, like=x),
                      em.Add(em.scalar(1.0, like=x), em.Erf(em.Mul(x, em.scalar(1.0 / math.sqrt(2.0), like=x)))))
         local = em.Add(cdf, em.Mul(x, _gaussian_density(em, x)))
-    return [em.Mul(g, local)]
+    return [ctx.times(g, local)]

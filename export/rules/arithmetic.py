@@ -7,6 +7,7 @@ its input's shape, so broadcasting is handled in one place.
 from __future__ import annotations
 
 import onnx_ir as ir
+from varrt.export.phases import takes_phases
 from varrt.export.rules import rule
 from varrt.export.rules.context import Context
 
@@ -19,6 +20,7 @@ def _broadcast(ctx: Context, node: ir.Node, cotangents: list) -> list:
     ]
 
 
+@takes_phases  # a same-shape input passes the phases on; sum_to joins them before reducing
 @rule("Add", "Sum")
 def add(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return _broadcast(ctx, node, [g] * len(node.inputs))

@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 from varrt.errors import ModelError
+from varrt.export import phases
 from varrt.export.emitter import Emitter
+from varrt.export.phases import Phased
 
 
 class _Zero:
@@ -91,6 +93,7 @@ class Context:
         axes += [1 + extra + i for i, d in enumerate(t_dims) if d == 1 and g_dims[extra + i] != 1]
         if not axes:
             return g
+        g = self.whole(g)
         summed = self.em.reduce_sum(g, axes, keepdims=True)
         return self.em.squeeze(summed, list(range(1, 1 + extra))) if extra else summed
 
@@ -102,21 +105,57 @@ class Context:
         """Reshape a cotangent of the same size to [K, *forward.shape]."""
         return self.em.Reshape(g, self.em.Concat(self.em.ints([-1]), self.em.shape(forward), axis=0))
 
-    def to_rows(self, g: ir.Value, of: ir.Value) -> ir.Value:
-        """[K, N, ...] -> [K*N, ...] for the cotangent ``g`` of forward value ``of``."""
-        tail = self.dims(of)[1:]
+    def to_rows(self, g: ir.Value, of: ir.Value, tail: Sequence[int | None] | None = None) -> ir.Value:
+        """[K, N, ...] -> [K*N, ...] for the cotangent ``g`` of forward value ``of`` (or of a value
+        whose dims after the batch are ``tail``)."""
+        tail = self.dims(of)[1:] if tail is None else tail
         if all(d is not None for d in tail):  # static: one Reshape with a constant shape
             return self.em.Reshape(g, self.em.ints([-1, *tail]))  # type: ignore[list-item]
         return self.em.Reshape(g, self.em.Concat(self.em.ints([-1]), self.em.shape(g, 2), axis=0))
 
-    def from_rows(self, rows: ir.Value, g: ir.Value, of: ir.Value) -> ir.Value:
-        """[K*N, ...] -> [K, N, ...]: ``rows`` becomes a cotangent of forward value ``of``; K and N
-        are read once per backward pass from the cotangent ``g``."""
+    def from_rows(
+        self, rows: ir.Value, g: ir.Value, of: ir.Value, tail: Sequence[int | None] | None = None
+    ) -> ir.Value:
+        """[K*N, ...] -> [K, N, ...]: ``rows`` becomes a cotangent of forward value ``of`` (or of a
+        value whose dims after the batch are ``tail``); K and N are read once per backward pass
+        from the cotangent ``g``."""
         if self._class_batch is None:
             self._class_batch = self.em.shape(g, 0, 2)
-        tail = self.dims(of)[1:]
+        tail = self.dims(of)[1:] if tail is None else tail
         if all(d is not None for d in tail):
             shape = self.em.Concat(self._class_batch, self.em.ints(tail), axis=0)  # type: ignore[arg-type]
         else:
             shape = self.em.Concat(self._class_batch, self.em.shape(rows, 1), axis=0)
         return self.em.Reshape(rows, shape)
+
+    # -- cotangents that may be held as stride phases (see export/phases.py) ----------------
+    def whole(self, g: Any) -> Any:
+        """``g`` as one tensor: a ``Phased`` cotangent is interleaved (once, however often asked)."""
+        if not isinstance(g, Phased):
+            return g
+        if g.joined is None:
+            n, channels, *sizes = self.dims(g.of)
+            s = g.stride
+            tail = [channels, *(size // s for size in sizes)]
+            first = g.parts[0][0]
+            rows = [[self.to_rows(part, g.of, tail) for part in row] for row in g.parts]
+            joined = phases.interleave(self.em, rows, channels, sizes)  # type: ignore[arg-type]
+            g.joined = self.from_rows(joined, first, g.of)
+        return g.joined
+
+    def times(self, g: Any, local: ir.Value) -> Any:
+        """g * local, phase by phase for a ``Phased`` g."""
+        return phases.times(self.em, g, local)
+
+    def positive_part(self, g: Any) -> Any:
+        """Relu(g), for guided backprop. When g is a Conv's output reshaped from rows, the Relu goes
+        before the Reshape, right on the Conv, where runtimes fuse it into the convolution."""
+        if isinstance(g, Phased):
+            return g.map(lambda part, *_: self.positive_part(part), g.of)
+        reshape = g.producer()
+        if reshape is not None and reshape.op_type == "Reshape" and not g.uses():
+            rows = reshape.inputs[0]
+            conv = rows.producer() if rows is not None else None
+            if conv is not None and conv.op_type in ("Conv", "ConvTranspose") and len(rows.uses()) == 1:
+                return self.em.Reshape(self.em.Relu(rows), reshape.inputs[1])
+        return self.em.Relu(g)

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+from varrt.export.phases import Phased, takes_phases
 from varrt.export.rules import rule
 from varrt.export.rules.context import Context
 from varrt.export.rules.spatial import transposed_to_input, windows
 
 
+@takes_phases
 @rule("Conv")
-def conv(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+def conv(ctx: Context, node: ir.Node, g) -> list:
     # d/dx of a convolution is the transposed convolution with the same weights. With unit
     # strides and constant weights that is a plain Conv with flipped, group-transposed weights,
     # which runtimes run far faster than ConvTranspose (1x1 and depthwise layers above all).
-    weight = node.inputs[1]
+    x, weight = node.inputs[0], node.inputs[1]
     kernel = ctx.static_dims(node, weight, range(2, ctx.rank(weight)))  # type: ignore[arg-type]
     w = windows(ctx, node, kernel)
     group = node.attributes.get_int("group", 1)
@@ -22,23 +24,36 @@ def conv(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     if group < 1 or (out_channels is not None and out_channels % group):
         raise ctx.fail(node, f"group={group} does not divide the weight's {out_channels} output channels")
     rest = [None] * (len(node.inputs) - 1)
-    rows = ctx.to_rows(g, node.outputs[0])
     reach = [(k - 1) * d for k, d in zip(kernel, w.dilations)]
     pads = [r - p for r, p in zip(reach, w.pads_begin)] + [r - p for r, p in zip(reach, w.pads_end)]
     constant = weight.const_value  # type: ignore[union-attr]
-    if all(s == 1 for s in w.strides) and constant is not None and min(pads) >= 0:
-        flipped = _flipped_transposed(constant.numpy(), group)
+    unit_strides = all(s == 1 for s in w.strides) and constant is not None and min(pads) >= 0
+    if isinstance(g, Phased):
+        # A 1x1 conv acts on each position alone, so it maps phases to phases; when it widens
+        # the channels, interleaving before it moves less data than after.
+        pointwise = unit_strides and all(k == 1 for k in kernel) and not any(pads)
+        if pointwise and ctx.dims(x)[1] <= out_channels:  # type: ignore[operator]
+            flipped = ctx.em.const(_flipped_transposed(constant.numpy(), group))  # type: ignore[union-attr]
+            sizes = [size // g.stride for size in w.in_sizes]
+            return [g.map(lambda part, *_: ctx.from_rows(
+                ctx.em.Conv(ctx.to_rows(part, x, [out_channels, *sizes]), flipped, group=group, kernel_shape=kernel),
+                part, x, [ctx.dims(x)[1], *sizes]), x)] + rest
+        g = ctx.whole(g)
+    rows = ctx.to_rows(g, node.outputs[0])
+    if unit_strides:
+        flipped = _flipped_transposed(constant.numpy(), group)  # type: ignore[union-attr]
         gx = ctx.em.Conv(rows, ctx.em.const(flipped), pads=pads, dilations=w.dilations, group=group,
                          kernel_shape=kernel)
-        return [ctx.from_rows(gx, g, node.inputs[0])] + rest
+        return [ctx.from_rows(gx, g, x)] + rest
     phases = _phase_kernels(constant.numpy(), group, w) if constant is not None else None
     if phases is not None:
-        gx = _interleave(ctx, [[ctx.em.Conv(rows, ctx.em.const(kernel_r), pads=pads_r, group=group,
-                                            kernel_shape=list(kernel_r.shape[2:]))
-                                for kernel_r, pads_r in row] for row in phases],
-                         ctx.dims(node.inputs[0])[1], w.in_sizes)  # type: ignore[arg-type]
-        return [ctx.from_rows(gx, g, node.inputs[0])] + rest
-    return [ctx.from_rows(transposed_to_input(ctx, rows, weight, w, group), g, node.inputs[0])] + rest  # type: ignore[arg-type]
+        channels = ctx.dims(x)[1]
+        tail = [channels, *(size // w.strides[0] for size in w.in_sizes)]
+        parts = [[ctx.from_rows(ctx.em.Conv(rows, ctx.em.const(kernel_r), pads=pads_r, group=group,
+                                            kernel_shape=list(kernel_r.shape[2:])), g, x, tail)
+                  for kernel_r, pads_r in row] for row in phases]
+        return [Phased(parts, x)] + rest  # type: ignore[arg-type]
+    return [ctx.from_rows(transposed_to_input(ctx, rows, weight, w, group), g, x)] + rest  # type: ignore[arg-type]
 
 
 def _phase_kernels(weight: np.ndarray, group: int, w) -> list[list[tuple[np.ndarray, list[int]]]] | None:
@@ -82,18 +97,6 @@ def _phase_kernels(weight: np.ndarray, group: int, w) -> list[list[tuple[np.ndar
             row.append((np.ascontiguousarray(kernel[:, :, ::-1, ::-1]), [top_h, top_w, end_h, end_w]))
         result.append(row)
     return result
-
-
-def _interleave(ctx: Context, phases: list[list[ir.Value]], channels: int, sizes: list[int]) -> ir.Value:
-    """[r_h][r_w] -> [B, C, Q_h, Q_w] phases into one [B, C, s*Q_h, s*Q_w] tensor, with
-    concatenations on the last axes (contiguous copies) instead of a 6-D transpose."""
-    em = ctx.em
-    rows = []
-    for row in phases:  # interleave along W: [B, C, Q_h, Q_w, s] -> [B, C, Q_h, s*Q_w]
-        stacked = em.Concat(*[em.unsqueeze(p, [4]) for p in row], axis=4)
-        rows.append(em.Reshape(stacked, em.ints([0, channels, 0, -1])))
-    stacked = em.Concat(*[em.unsqueeze(r, [3]) for r in rows], axis=3)  # [B, C, Q_h, s, s*Q_w]
-    return em.Reshape(stacked, em.ints([0, channels, *sizes]))
 
 
 def _flipped_transposed(weight: np.ndarray, group: int) -> np.ndarray:

@@ -86,7 +86,7 @@ CASES = [
     Case("Conv", [X(1, 3, 11, 11), W(3, 1, 3, 3)], attrs=dict(dilations=[2, 2], group=3, pads=[2, 2, 2, 2])),
     Case("Conv", [X(2, 3, 10), W(4, 3, 3)], opset=9, attrs=dict(strides=[3], auto_pad="SAME_LOWER")),
     Case("Conv", [X(2, 4, 7, 8), W(6, 2, 3, 2)], attrs=dict(group=2, pads=[1, 0, 2, 1])),
-    # strided with even sizes: the phase-interleaved (DepthToSpace) form
+    # strided with even sizes: one stride-1 Conv per phase (export/phases.py)
     Case("Conv", [X(2, 4, 8, 8), W(4, 1, 5, 5)], attrs=dict(group=4, strides=[2, 2], pads=[2, 2, 2, 2])),
     Case("Conv", [X(2, 4, 8, 8), W(4, 1, 3, 3)], attrs=dict(group=4, strides=[2, 2], pads=[0, 0, 1, 1])),
     Case("Conv", [X(2, 3, 12, 6), W(5, 3, 3, 3)], attrs=dict(strides=[3, 3], pads=[1, 0, 1, 2], dilations=[1, 2])),
