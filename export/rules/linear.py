@@ -45,7 +45,11 @@ def conv(ctx: Context, node: ir.Node, g) -> list:
         gx = ctx.em.Conv(rows, ctx.em.const(flipped), pads=pads, dilations=w.dilations, group=group,
                          kernel_shape=kernel)
         return [ctx.from_rows(gx, g, x)] + rest
-    phases = _phase_kernels(constant.numpy(), group, w) if constant is not None else None
+    # A dense conv's transposed form is one GEMM and a col2im. The phase form pays off for grouped
+    # convs, and it would cost more on a conv with few input channels (the image's three): NCHWc
+    # runtimes (ONNX Runtime's MLAS) pad each phase conv's outputs to a whole channel block.
+    dense_narrow = group == 1 and (ctx.dims(x)[1] or 0) < 16
+    phases = _phase_kernels(constant.numpy(), group, w) if constant is not None and not dense_narrow else None
     if phases is not None:
         channels = ctx.dims(x)[1]
         tail = [channels, *(size // w.strides[0] for size in w.in_sizes)]

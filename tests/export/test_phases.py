@@ -19,7 +19,7 @@ from torch import nn
 from varrt.export.vjp import vjp_model
 
 K = 3
-SHAPE = (8, 12, 10)
+SHAPE = (16, 12, 10)  # 16 channels: the dense strided conv takes the phase form too
 
 
 class GuidedLeakyReLU(torch.autograd.Function):
