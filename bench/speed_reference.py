@@ -22,6 +22,7 @@ so its "guided backprop" there is the plain gradient. This changes the maps, not
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -152,12 +153,13 @@ def run(
     threads: int = 2,
     compare: bool = False,
     seed: int = 0,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """Time the reference flow (latency at batch 1, throughput at each of ``batch_sizes``).
 
     With ``compare=True`` the same run also times varrt's Explainer (onnxruntime-cpu, same
     threads) and the plain ONNX Runtime forward at batch 1, and adds ``speedup`` = reference
-    median / varrt median.
+    median / varrt median, and the same ratio per round (the flows alternate in ``rounds`` blocks).
     """
     import torch
 
@@ -169,47 +171,98 @@ def run(
     images = {b: rng.standard_normal((b, *INPUT_SHAPE), dtype=np.float32) for b in {1, *batch_sizes}}
 
     result: dict[str, Any] = {"flow": FLOW, "method": method, "k": k, "threads": threads, "throughput": {}}
-    seconds = timed(lambda: reference_call(model, attribute, torch.from_numpy(images[1]), k), repeats, warmup)
-    result["latency_ms"] = latency_summary(seconds)
+    reference = functools.partial(reference_call, model, attribute, torch.from_numpy(images[1]), k)
+    with tempfile.TemporaryDirectory(prefix="varrt-speed-") as tmp:
+        flows = {"reference": reference}
+        if compare:
+            onnx_path = export_onnx(model, Path(tmp) / "efficientnet_lite0.onnx")
+            flows.update(_varrt_calls(onnx_path, Path(tmp) / "cache", method, k, images[1], threads))
+        seconds = timed_in_rounds(flows, repeats, warmup, rounds)
+        for close in [getattr(call, "close", None) for call in flows.values()]:
+            if close is not None:
+                close()
+    result["latency_ms"] = latency_summary(seconds["reference"])
+    if compare:
+        result["varrt"] = {"flow": "varrt onnxruntime-cpu", "latency_ms": latency_summary(seconds["varrt"])}
+        result["ort_forward"] = {"flow": "onnxruntime forward only", "latency_ms": latency_summary(seconds["forward"])}
+        result["speedup"] = result["latency_ms"]["median"] / result["varrt"]["latency_ms"]["median"]
+        result["speedup_per_round"] = [
+            statistics.median(ref) / statistics.median(ours)
+            for ref, ours in zip(_split(seconds["reference"], rounds), _split(seconds["varrt"], rounds))
+        ]
     for batch in batch_sizes:
         batch_images = torch.from_numpy(images[batch])
         batch_seconds = timed(lambda: reference_call(model, attribute, batch_images, k), throughput_repeats, 1)  # noqa: B023
         result["throughput"][batch] = batch / statistics.median(batch_seconds)
-    if compare:
-        with tempfile.TemporaryDirectory(prefix="varrt-speed-") as tmp:
-            onnx_path = export_onnx(model, Path(tmp) / "efficientnet_lite0.onnx")
-            result.update(_varrt_side(onnx_path, Path(tmp) / "cache", method, k, images[1], repeats, warmup, threads))
-        result["speedup"] = result["latency_ms"]["median"] / result["varrt"]["latency_ms"]["median"]
     result["versions"] = _versions()
     return result
 
 
-def _varrt_side(
-    onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, repeats: int, warmup: int, threads: int
-) -> dict[str, Any]:
+def timed_in_rounds(
+    flows: dict[str, Callable[[], Any]], repeats: int, warmup: int, rounds: int, settle: float = 0.5
+) -> dict[str, list[float]]:
+    """``repeats`` timed calls of each flow, taken in ``rounds`` alternating blocks: this VM's speed
+    drifts by tens of percent over seconds, and alternation makes the drift hit every flow alike.
+
+    Each block starts after ``settle`` seconds and one untimed call: the flow before it leaves
+    worker threads spinning (OpenMP's default block time is 200 ms), which on two cores would
+    bill one flow for the other's threads.
+    """
+    for call in flows.values():
+        for _ in range(warmup):
+            call()
+    seconds: dict[str, list[float]] = {name: [] for name in flows}
+    for block in _split(list(range(repeats)), rounds):
+        for name, call in flows.items():
+            time.sleep(settle)
+            seconds[name] += timed(call, len(block), 1)
+    return seconds
+
+
+def _split(values: list, parts: int) -> list[list]:
+    """``values`` in ``parts`` consecutive blocks of near-equal size (none empty)."""
+    parts = max(1, min(parts, len(values)))
+    bounds = [round(i * len(values) / parts) for i in range(parts + 1)]
+    return [values[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+class _ExplainerCall:
+    """One varrt explanation (Explainer on onnxruntime-cpu) as a timed call."""
+
+    def __init__(self, onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, threads: int):
+        import varrt
+
+        self.images = images
+        self.explainer = varrt.Explainer(
+            str(onnx_path),
+            method=method,
+            classes=f"top{k - 1}+min",
+            backend="onnxruntime-cpu",
+            var=True,
+            batch_size=len(images),
+            cache_dir=cache_dir,
+            backend_options={"threads": threads},
+        )
+
+    def __call__(self) -> Any:
+        return self.explainer(self.images)
+
+    def close(self) -> None:
+        self.explainer.close()
+
+
+def _varrt_calls(
+    onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, threads: int
+) -> dict[str, Callable[[], Any]]:
     import onnxruntime as ort
-    import varrt
     from varrt.backends.onnxruntime import cpu_session_options
 
-    explainer = varrt.Explainer(
-        str(onnx_path),
-        method=method,
-        classes=f"top{k - 1}+min",
-        backend="onnxruntime-cpu",
-        var=True,
-        batch_size=len(images),
-        cache_dir=cache_dir,
-        backend_options={"threads": threads},
-    )
-    seconds = timed(lambda: explainer(images), repeats, warmup)
-    explainer.close()
     session = ort.InferenceSession(
         str(onnx_path), sess_options=cpu_session_options(threads), providers=["CPUExecutionProvider"]
     )
-    forward = timed(lambda: session.run(None, {"input": images}), repeats, warmup)
     return {
-        "varrt": {"flow": "varrt onnxruntime-cpu", "latency_ms": latency_summary(seconds)},
-        "ort_forward": {"flow": "onnxruntime forward only", "latency_ms": latency_summary(forward)},
+        "varrt": _ExplainerCall(onnx_path, cache_dir, method, k, images, threads),
+        "forward": functools.partial(session.run, None, {"input": images}),
     }
 
 
@@ -236,6 +289,8 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"{name:<{width}}  {times['median']:>10.1f}  {times['min']:>9.1f}  {times['p90']:>9.1f}")
     if "speedup" in result:
         lines.append(f"speedup (reference / varrt, medians): {result['speedup']:.1f}x")
+        per_round = ", ".join(f"{r:.1f}x" for r in result["speedup_per_round"])
+        lines.append(f"speedup per round (flows alternate in rounds): {per_round}")
     return "\n".join(lines)
 
 
@@ -246,9 +301,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating blocks the repeats are split into")
     parser.add_argument("--out", type=Path, help="write the measurements as JSON here")
     args = parser.parse_args(argv)
-    result = run(args.method, (), args.k, args.repeats, warmup=args.warmup, threads=args.threads, compare=True)
+    result = run(args.method, (), args.k, args.repeats, warmup=args.warmup, threads=args.threads, compare=True,
+                 rounds=args.rounds)  # fmt: skip
     print(format_table(result))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
