@@ -21,6 +21,8 @@ from varrt.export.emitter import Emitter
 
 @dataclass(eq=False)
 class Phased:
+    """The cotangent of a value [N, C, H, W] as s*s phase tensors; ``Context.whole`` joins it."""
+
     parts: list[list[ir.Value]]  # [r_h][r_w] -> cotangent phase [K, N, C, H/s, W/s]
     of: ir.Value  # the forward value [N, C, H, W] whose cotangent this is
     joined: ir.Value | None = None  # the interleaved tensor, once some rule asked for it

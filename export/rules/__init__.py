@@ -5,7 +5,8 @@ first output (``ctx.output_cotangents`` holds all of them, None where nothing fl
 one entry per node input: an ``ir.Value`` cotangent of shape [K, *input.shape], ``ZERO`` when no
 gradient flows, or ``None`` for inputs the rule does not differentiate (weights, shapes, indices).
 The driver only asks for inputs on the gradient path and fails, naming the node, when a rule
-answered None for one of them.
+answered None for one of them. A rule marked ``takes_phases`` (export/phases.py) may also be
+handed a strided conv's cotangent as its stride phases; every other rule gets whole tensors.
 
 Rules are registered per op type with the first opset they hold for, so an op whose semantics
 change between opsets gets one row per version.

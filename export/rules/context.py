@@ -134,7 +134,7 @@ class Context:
         if not isinstance(g, Phased):
             return g
         if g.joined is None:
-            n, channels, *sizes = self.dims(g.of)
+            _batch, channels, *sizes = self.dims(g.of)
             s = g.stride
             tail = [channels, *(size // s for size in sizes)]
             first = g.parts[0][0]
