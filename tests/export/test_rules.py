@@ -90,6 +90,9 @@ CASES = [
     Case("Conv", [X(2, 4, 8, 8), W(4, 1, 5, 5)], attrs=dict(group=4, strides=[2, 2], pads=[2, 2, 2, 2])),
     Case("Conv", [X(2, 4, 8, 8), W(4, 1, 3, 3)], attrs=dict(group=4, strides=[2, 2], pads=[0, 0, 1, 1])),
     Case("Conv", [X(2, 3, 12, 6), W(5, 3, 3, 3)], attrs=dict(strides=[3, 3], pads=[1, 0, 1, 2], dilations=[1, 2])),
+    # dense with 16 input channels (fewer take the transposed form), and grouped, at stride 3
+    Case("Conv", [X(1, 16, 12, 12), W(4, 16, 3, 3)], attrs=dict(strides=[3, 3])),
+    Case("Conv", [X(2, 6, 9, 9), W(6, 2, 3, 3)], attrs=dict(group=3, strides=[3, 3], pads=[0, 0, 0, 0])),
     Case("Conv", [X(1, 4, 8, 10), W(6, 2, 4, 3)], attrs=dict(group=2, strides=[2, 2], pads=[1, 1, 1, 0])),
     Case("Gemm", [X(3, 5), W(4, 5), W(4)], attrs=dict(transB=1, alpha=0.5, beta=2.0)),
     Case("Gemm", [X(5, 3), X(5, 4), X(3, 1)], opset=9, attrs=dict(transA=1)),
