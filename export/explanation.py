@@ -60,8 +60,11 @@ def explain_graph(
     clf = load_classifier(proto, name)
     spec = METHOD_TABLE[method]
     builder = _Builder(clf, spec, seed)
-    outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                            classes=classes)
+    try:
+        outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
+                                classes=classes)
+    except ModelError as error:  # rules name the node and op; the user also needs the file
+        raise type(error)(f"{name}: {error}") from None
     if var:
         from varrt.kernels.var_graph import append_var
 

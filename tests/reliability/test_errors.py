@@ -263,3 +263,14 @@ def test_api_model_errors_are_model_errors(tmp_path):
         Explainer(model, method="gradient", backend="onnxruntime-cpu", cache_dir=tmp_path)
     with pytest.raises(ModelError, match="missing.onnx"):
         Explainer(str(tmp_path / "missing.onnx"), method="gradient", backend="onnxruntime-cpu", cache_dir=tmp_path)
+
+
+def test_missing_rule_names_the_file_node_and_op(tmp_path):
+    from varrt.export import explain_graph
+
+    path = tmp_path / "rounding.onnx"
+    onnx.save(_edited(_round), path)
+    with pytest.raises(UnsupportedOpError) as info:
+        explain_graph(str(path), method="gradient")
+    message = str(info.value)
+    assert message.startswith(f"{path}: no gradient rule for op Round") and "node '" in message
