@@ -24,6 +24,7 @@ from importlib import resources
 import numpy as np
 import onnx
 import onnxruntime as ort
+from varrt.bench.speed import timed_in_rounds
 from varrt.export import explain_graph
 
 
@@ -72,13 +73,7 @@ def run(methods: Sequence[str], k: int, batch: int, repeat: int, threads: int, m
         calls[method] = functools.partial(session(graph, threads).run, None, {inp.name: x, "class_ids": ids})
     # Interleaved rounds (every call once per round) so that load changes on a shared machine hit all
     # of them alike and the ratios stay meaningful.
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for round_ in range(repeat + 2):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            if round_ >= 2:  # the first two rounds are warm-up
-                times[name].append(time.perf_counter() - start)
+    times = timed_in_rounds(calls, repeat, warmup=2, rounds=repeat)
     forward = statistics.median(times["forward (original model)"])
     return [{"method": name, "export_s": exports.get(name, float("nan")), "run_s": statistics.median(t),
              "ratio": statistics.median(t) / forward} for name, t in times.items()]  # fmt: skip

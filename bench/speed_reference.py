@@ -29,13 +29,12 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from varrt.bench.speed import latency_summary
+from varrt.bench.speed import latency_summary, split_evenly, timed, timed_in_rounds
 
 FLOW = "torch+captum"
 INPUT_SHAPE = (3, 224, 224)
@@ -67,17 +66,6 @@ def export_onnx(model: Any, path: Path) -> Path:
         dynamo=False,
     )
     return path
-
-
-def timed(call: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        call()
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return seconds
 
 
 # --- the reference flow ---------------------------------------------------------------------------
@@ -177,7 +165,10 @@ def run(
         if compare:
             onnx_path = export_onnx(model, Path(tmp) / "efficientnet_lite0.onnx")
             flows.update(_varrt_calls(onnx_path, Path(tmp) / "cache", method, k, images[1], threads))
-        seconds = timed_in_rounds(flows, repeats, warmup, rounds)
+        # Each block starts after a pause and one untimed call: the flow before it leaves worker
+        # threads spinning (OpenMP's default block time is 200 ms), which on two cores would bill
+        # one flow for the other's threads.
+        seconds = timed_in_rounds(flows, repeats, warmup, rounds, settle=0.5, untimed=1)
         for close in [getattr(call, "close", None) for call in flows.values()]:
             if close is not None:
                 close()
@@ -188,7 +179,7 @@ def run(
         result["speedup"] = result["latency_ms"]["median"] / result["varrt"]["latency_ms"]["median"]
         result["speedup_per_round"] = [
             statistics.median(ref) / statistics.median(ours)
-            for ref, ours in zip(_split(seconds["reference"], rounds), _split(seconds["varrt"], rounds))
+            for ref, ours in zip(split_evenly(seconds["reference"], rounds), split_evenly(seconds["varrt"], rounds))
         ]
     for batch in batch_sizes:
         batch_images = torch.from_numpy(images[batch])
@@ -196,34 +187,6 @@ def run(
         result["throughput"][batch] = batch / statistics.median(batch_seconds)
     result["versions"] = _versions()
     return result
-
-
-def timed_in_rounds(
-    flows: dict[str, Callable[[], Any]], repeats: int, warmup: int, rounds: int, settle: float = 0.5
-) -> dict[str, list[float]]:
-    """``repeats`` timed calls of each flow, taken in ``rounds`` alternating blocks: this VM's speed
-    drifts by tens of percent over seconds, and alternation makes the drift hit every flow alike.
-
-    Each block starts after ``settle`` seconds and one untimed call: the flow before it leaves
-    worker threads spinning (OpenMP's default block time is 200 ms), which on two cores would
-    bill one flow for the other's threads.
-    """
-    for call in flows.values():
-        for _ in range(warmup):
-            call()
-    seconds: dict[str, list[float]] = {name: [] for name in flows}
-    for block in _split(list(range(repeats)), rounds):
-        for name, call in flows.items():
-            time.sleep(settle)
-            seconds[name] += timed(call, len(block), 1)
-    return seconds
-
-
-def _split(values: list, parts: int) -> list[list]:
-    """``values`` in ``parts`` consecutive blocks of near-equal size (none empty)."""
-    parts = max(1, min(parts, len(values)))
-    bounds = [round(i * len(values) / parts) for i in range(parts + 1)]
-    return [values[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 class _ExplainerCall:

@@ -18,12 +18,12 @@ import json
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import numpy as np
+from varrt.bench.speed import timed
 from varrt.kernels import append_var, var_maps
 
 TEMPERATURE, TAU = 10.0, 0.01
@@ -48,14 +48,7 @@ GPU_CASES = [  # (N, K, trailing shape, dtype)
 
 
 def median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(timed(fn, repeat, warmup))
 
 
 def ort_session(trailing: tuple[int, ...], opset: int = 17) -> Any:

@@ -61,17 +61,15 @@ def test_available_backends_include_the_cpu():
 
 
 def test_side_by_side_flows_alternate_in_rounds():
-    from varrt.bench import speed_reference
-
     order: list[str] = []
     flows = {name: (lambda name=name: order.append(name)) for name in ("reference", "varrt", "forward")}
-    seconds = speed_reference.timed_in_rounds(flows, repeats=7, warmup=1, rounds=3, settle=0.0)
+    seconds = speed.timed_in_rounds(flows, repeats=7, warmup=1, rounds=3, untimed=1)
     assert {name: len(s) for name, s in seconds.items()} == {"reference": 7, "varrt": 7, "forward": 7}
     timed = order[3:]  # after one warm-up call each; each block has one untimed call first
     blocks = ["reference"] * 3 + ["varrt"] * 3 + ["forward"] * 3  # 7 repeats in rounds of 2, 3, 2
     middle = ["reference"] * 4 + ["varrt"] * 4 + ["forward"] * 4
     assert timed == blocks + middle + blocks
-    assert speed_reference._split(list(range(5)), 9) == [[0], [1], [2], [3], [4]]
+    assert speed.split_evenly(list(range(5)), 9) == [[0], [1], [2], [3], [4]]
 
 
 def test_side_by_side_against_torch_runs():
