@@ -8,6 +8,22 @@ TINY_SIZE = 16
 TINY_CLASSES = 6
 
 
+def _classifier(nodes: list, initializers: list, name: str, size: int, classes: int) -> onnx.ModelProto:
+    """An opset-17 graph from ``input`` [batch, 3, size, size] to ``logits``, preset 'none', checked."""
+    graph = helper.make_graph(
+        nodes,
+        name,
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"varrt.preset": "none"})
+    onnx.checker.check_model(model)
+    return model
+
+
 def tiny_classifier(size: int = TINY_SIZE, classes: int = TINY_CLASSES, seed: int = 0) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
 
@@ -31,18 +47,7 @@ def tiny_classifier(size: int = TINY_SIZE, classes: int = TINY_CLASSES, seed: in
         helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"varrt.preset": "none"})
-    onnx.checker.check_model(model)
-    return model
+    return _classifier(nodes, initializers, "tiny", size, classes)
 
 
 def color_classifier(size: int = TINY_SIZE) -> onnx.ModelProto:
@@ -67,18 +72,7 @@ def color_classifier(size: int = TINY_SIZE) -> onnx.ModelProto:
         helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
         helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "colours",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, size, size])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"varrt.preset": "none"})
-    onnx.checker.check_model(model)
-    return model
+    return _classifier(nodes, initializers, "colours", size, 4)
 
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 230, 20), "blue": (20, 20, 230), "black": (5, 5, 5)}
