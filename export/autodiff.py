@@ -94,7 +94,7 @@ def _gradient_path(nodes: Sequence[ir.Node], seeds: set[ir.Value], wrt: set[ir.V
 def _total(ctx: Context, parts: list[ir.Value | Phased] | None) -> ir.Value | Phased | None:
     if not parts:
         return None
-    return parts[0] if len(parts) == 1 else phases.add(ctx.em, parts, ctx.whole)
+    return parts[0] if len(parts) == 1 else phases.add(parts, ctx.whole, ctx.add_all)
 
 
 def _is_float(value: ir.Value) -> bool:

@@ -35,6 +35,7 @@ def explain_graph(
     var_scale: str = "none",
     classes: str | None = None,
     seed: int = 0,
+    batch: int | None = None,
 ) -> onnx.ModelProto:
     """Rewrite an ONNX classifier into a graph that also returns per-class attributions.
 
@@ -45,6 +46,10 @@ def explain_graph(
     ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
     standard ONNX ops are emitted.
 
+    ``batch`` fixes the image batch axis to that size (the model's is usually dynamic). With a
+    batch of 1 the guided-backprop masks take a form ONNX Runtime's CPU provider runs in its
+    blocked layout (export/bias_masks.py): the graph to deploy there, one image per run.
+
     >>> import onnxruntime as ort
     >>> graph = explain_graph("model.onnx", method="guided_backprop")        # doctest: +SKIP
     >>> session = ort.InferenceSession(graph.SerializeToString())            # doctest: +SKIP
@@ -54,11 +59,16 @@ def explain_graph(
         raise UsageError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
     name = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
+    spec = METHOD_TABLE[method]
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise UsageError(f"--batch must be a positive integer (got {batch!r})")
+    if batch is not None and spec.batching:
+        raise UsageError(f"{method} runs its {'steps' if spec.batching == 'interpolate' else 'samples'} "
+                         "along the batch axis, so it cannot be fixed: leave --batch out")
     proto = read_model(model)
     if {o.name for o in proto.graph.output} >= {"logits", "attributions"}:
         raise UsageError(f"{name}: is already an explanation graph (it has 'attributions')")
-    clf = load_classifier(proto, name)
-    spec = METHOD_TABLE[method]
+    clf = load_classifier(proto, name, batch=batch)
     builder = _Builder(clf, spec, seed)
     try:
         outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
@@ -72,7 +82,7 @@ def explain_graph(
         outputs["var_attributions"] = append_var(builder.em.tape, outputs["attributions"], temperature=temperature,
                                                  tau=tau, opset=clf.opset, scale=var_scale, rank=rank)
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                   var=var, temperature=temperature, tau=tau, var_scale=var_scale, classes=classes)
+                   var=var, temperature=temperature, tau=tau, var_scale=var_scale, classes=classes, batch=batch)
     return _finish(clf, outputs, options)
 
 

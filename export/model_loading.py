@@ -59,8 +59,9 @@ def read_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise ModelError(f"{path}: not a readable ONNX model ({_first_line(error)})") from None
 
 
-def load_classifier(proto: onnx.ModelProto, name: str = "model") -> Classifier:
-    """Check and normalise ``proto``; find its data input and logits."""
+def load_classifier(proto: onnx.ModelProto, name: str = "model", batch: int | None = None) -> Classifier:
+    """Check and normalise ``proto``; find its data input and logits. ``batch`` fixes the size of the
+    data input's batch axis (before shape inference, so every value's shape knows it)."""
     opset = _default_opset(proto, name)
     proto = _without_non_tensor_outputs(proto)
     try:
@@ -81,6 +82,8 @@ def load_classifier(proto: onnx.ModelProto, name: str = "model") -> Classifier:
             raise ModelError(f"{name}: initializer '{init.name}' is unreadable: {_first_line(error)}") from None
     fold_constants(model.graph)
     fold_pads_into_convs(model.graph)
+    if batch is not None:
+        _fix_batch(model.graph, batch, name)
     infer_shapes(model, name)
     data_input = _data_input(model.graph, name)
     logits = _logits_source(model.graph, name)
@@ -186,6 +189,19 @@ def _data_input(graph: ir.Graph, name: str) -> ir.Value:
     if floats[0].shape is not None and any(d == 0 for d in floats[0].shape):
         raise ModelError(f"{name}: input '{floats[0].name}' has a zero-size dimension (shape {floats[0].shape})")
     return floats[0]
+
+
+def _fix_batch(graph: ir.Graph, batch: int, name: str) -> None:
+    image = _data_input(graph, name)
+    dims = list(image.shape or [])
+    if not dims:
+        raise ModelError(f"{name}: input '{image.name}' has no known rank, so its batch axis cannot be fixed")
+    if isinstance(dims[0], int) and dims[0] != batch:
+        raise UsageError(f"{name}: the batch axis of input '{image.name}' is fixed to {dims[0]}, not {batch}")
+    image.shape = ir.Shape([batch, *dims[1:]])
+    for node in graph:  # shapes recorded against the old batch axis would be kept by inference
+        for value in node.outputs:
+            value.shape = None
 
 
 def _logits_source(graph: ir.Graph, name: str) -> ir.Value:

@@ -363,6 +363,8 @@ def _run_export(args: argparse.Namespace) -> int:
     options = _method_options(args)
     if args.classes is not None:
         options["classes"] = parse_class_spec(args.classes)
+    if args.batch is not None:
+        options["batch"] = args.batch
     if args.var:
         options.update(var=True, temperature=args.temperature, tau=args.tau, var_scale=args.var_scale)
     check_writable_dir(Path(args.output).parent)
@@ -527,6 +529,10 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     parser.add_argument("--var-scale", choices=("none", "max"), default="none",
                         help="what T multiplies: 'none' = raw |A| (the paper; default), 'max' = |A| divided by each "
         "image's largest |A| (units-free; see README)")
+    parser.add_argument("--batch", type=int, metavar="B",
+                        help="fix the image batch axis to B (default: the model's, usually dynamic). 1 is the "
+                        "graph for ONNX Runtime on CPUs, one image per run: there the guided-backprop masks stay in "
+                        "its fast blocked layout")
     _add_method_options(parser)
     parser.set_defaults(run=_run_export)
 

@@ -19,10 +19,8 @@ from varrt.export.rules.context import Context
 Derivative = Callable[[Emitter, ir.Value, ir.Value], ir.Value]  # (em, x, y) -> dy/dx
 
 
-def _unary(op_type: str, derivative: Derivative, guided_family: bool = False) -> None:
+def _unary(op_type: str, derivative: Derivative) -> None:
     def vjp(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-        if guided_family and ctx.guided:
-            g = ctx.positive_part(g)
         local = derivative(ctx.em, node.inputs[0], node.outputs[0])  # type: ignore[arg-type]
         return [ctx.times(g, local)] + [None] * (len(node.inputs) - 1)
 
@@ -49,9 +47,26 @@ def _gaussian_density(em: Emitter, x: ir.Value) -> ir.Value:
     return em.Mul(em.Exp(half_square), em.scalar(1.0 / math.sqrt(2.0 * math.pi), like=x))
 
 
+def _guided_relu(ctx: Context, g: ir.Value, y: ir.Value, high: float) -> ir.Value:
+    """relu(g) * (0 < y < high): guided backprop through a ReLU with output y, capped at high."""
+    by_bias = ctx.guided_relu_by_bias(g, y, high)
+    if by_bias is not None:
+        return by_bias  # type: ignore[no-any-return]
+    inside = _positive(ctx.em, y) if math.isinf(high) else _inside(ctx.em, y, 0.0, high)
+    return ctx.times(ctx.positive_part(g), inside)  # type: ignore[no-any-return]
+
+
 # y > 0 exactly where x > 0; reading y rather than x leaves x a single-use value, which lets
 # runtimes fuse the activation into the convolution before it (ONNX Runtime: Conv+Relu/Clip).
-_unary("Relu", lambda em, x, y: _positive(em, y), guided_family=True)
+@takes_phases
+@rule("Relu")
+def relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    y: ir.Value = node.outputs[0]
+    if ctx.guided:
+        return [_guided_relu(ctx, g, y, math.inf)]
+    return [ctx.times(g, _positive(ctx.em, y))]
+
+
 _unary("Sigmoid", lambda em, x, y: _sigmoid_derivative(em, y))
 _unary("Tanh", lambda em, x, y: em.Sub(em.scalar(1.0, like=y), em.Mul(y, y)))
 _unary("Exp", lambda em, x, y: y)
@@ -110,12 +125,13 @@ def clip(ctx: Context, node: ir.Node, g: ir.Value) -> list:
         low_array, high_array = ctx.const(node, 1), ctx.const(node, 2)
         low = -math.inf if low_array is None else float(low_array)
         high = math.inf if high_array is None else float(high_array)
-    if ctx.guided and low == 0.0:  # ReLU6 and friends are ReLUs for guided backprop
-        g = ctx.positive_part(g)
+    rest = [None] * (len(node.inputs) - 1)
     # low < y < high exactly where low < x < high (y = clip(x) sits on a bound otherwise), and
     # reading the output keeps the input single-use, so Conv+Clip can fuse (see Relu).
     y = node.outputs[0] if low < high else x
-    return [ctx.times(g, _inside(em, y, low, high))] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
+    if ctx.guided and low == 0.0:  # ReLU6 and friends are ReLUs for guided backprop
+        return [_guided_relu(ctx, g, y, high)] + rest  # type: ignore[arg-type]
+    return [ctx.times(g, _inside(em, y, low, high))] + rest  # type: ignore[arg-type]
 
 
 @takes_phases

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 from varrt.errors import ModelError
-from varrt.export import phases
+from varrt.export import bias_masks, phases
 from varrt.export.emitter import Emitter
 from varrt.export.phases import Phased
 
@@ -36,6 +36,10 @@ class Context:
     guided: bool = False  # guided backprop: ReLU-family rules pass only positive cotangents
     output_cotangents: list[Any] = field(default_factory=list)  # of the node at hand, None = none
     _class_batch: Any = None  # [K, N] as an int64 vector, emitted once per backward pass
+    # from_rows results -> (their rows, the static dims after the batch): to_rows of such a value
+    # hands the rows back instead of reshaping twice (a Reshape pair would also cut ONNX Runtime's
+    # blocked layout between two convolutions).
+    _rows_of: dict[Any, tuple[ir.Value, tuple[int, ...]]] = field(default_factory=dict)
 
     @property
     def opset(self) -> int:
@@ -109,6 +113,9 @@ class Context:
         """[K, N, ...] -> [K*N, ...] for the cotangent ``g`` of forward value ``of`` (or of a value
         whose dims after the batch are ``tail``)."""
         tail = self.dims(of)[1:] if tail is None else tail
+        known = self._rows_of.get(g)
+        if known is not None and known[1] == tuple(tail):
+            return known[0]
         if all(d is not None for d in tail):  # static: one Reshape with a constant shape
             return self.em.Reshape(g, self.em.ints([-1, *tail]))  # type: ignore[list-item]
         return self.em.Reshape(g, self.em.Concat(self.em.ints([-1]), self.em.shape(g, 2), axis=0))
@@ -124,9 +131,10 @@ class Context:
         tail = self.dims(of)[1:] if tail is None else tail
         if all(d is not None for d in tail):
             shape = self.em.Concat(self._class_batch, self.em.ints(tail), axis=0)  # type: ignore[arg-type]
-        else:
-            shape = self.em.Concat(self._class_batch, self.em.shape(rows, 1), axis=0)
-        return self.em.Reshape(rows, shape)
+            result = self.em.Reshape(rows, shape)
+            self._rows_of[result] = (rows, tuple(tail))  # type: ignore[arg-type]
+            return result
+        return self.em.Reshape(rows, self.em.Concat(self._class_batch, self.em.shape(rows, 1), axis=0))
 
     # -- cotangents that may be held as stride phases (see export/phases.py) ----------------
     def whole(self, g: Any) -> Any:
@@ -143,6 +151,14 @@ class Context:
             g.joined = self.from_rows(joined, first, g.of)
         return g.joined
 
+    def add_all(self, parts: list[ir.Value]) -> ir.Value:
+        """The sum of cotangents; of their rows when all are Conv rows alike (so the sum stays in
+        ONNX Runtime's blocked layout, or fuses into the Conv as its accumulator)."""
+        known = [self._rows_of.get(p) for p in parts]
+        if len(parts) > 1 and all(k is not None for k in known) and len({k[1] for k in known}) == 1:  # type: ignore[index]
+            return self._like_rows(self.em.add_all([k[0] for k in known]), parts[0])  # type: ignore[index]
+        return self.em.add_all(parts)
+
     def times(self, g: Any, local: ir.Value) -> Any:
         """g * local, phase by phase for a ``Phased`` g."""
         return phases.times(self.em, g, local)
@@ -152,10 +168,45 @@ class Context:
         before the Reshape, right on the Conv, where runtimes fuse it into the convolution."""
         if isinstance(g, Phased):
             return g.map(lambda part, *_: self.positive_part(part), g.of)
-        reshape = g.producer()
-        if reshape is not None and reshape.op_type == "Reshape" and not g.uses():
-            rows = reshape.inputs[0]
-            conv = rows.producer() if rows is not None else None
-            if conv is not None and conv.op_type in ("Conv", "ConvTranspose") and len(rows.uses()) == 1:
-                return self.em.Reshape(self.em.Relu(rows), reshape.inputs[1])
+        conv_rows = self._conv_rows(g)
+        if conv_rows is not None:
+            return self._like_rows(self.em.Relu(conv_rows), g)
         return self.em.Relu(g)
+
+    def guided_relu_by_bias(self, g: Any, y: ir.Value, high: float) -> Any | None:
+        """relu(g) * (0 < y < high) in the bias form of export/bias_masks.py, for the cotangent g of
+        a ReLU-family activation's output y; None where that form does not apply."""
+        if not bias_masks.fits(self.em, y, high):
+            return None
+        channels: int = y.shape[1]  # type: ignore[index, assignment]
+        if isinstance(g, Phased):  # phase by phase, each against its phase of y
+            rows = [[self._conv_rows(part) for part in row] for row in g.parts]
+            if any(r is None for row in rows for r in row):
+                return None
+            y_phases = phases.split(self.em, y, y, g.stride)
+            return g.map(lambda part, r_h, r_w: self._like_rows(
+                bias_masks.guided_relu(self.em, rows[r_h][r_w], y_phases[r_h][r_w], high, channels), part), g.of)
+        conv_rows = self._conv_rows(g)
+        if conv_rows is None:
+            return None
+        return self._like_rows(bias_masks.guided_relu(self.em, conv_rows, y, high, channels), g)
+
+    def _conv_rows(self, g: Any) -> ir.Value | None:
+        """The rows [K*N, ...] when g is a single-use Conv output reshaped to [K, N, ...] and not
+        used yet."""
+        reshape = None if isinstance(g, Phased) else g.producer()
+        if reshape is None or reshape.op_type != "Reshape" or g.uses():
+            return None
+        rows = reshape.inputs[0]
+        conv = rows.producer() if rows is not None else None
+        if conv is None or conv.op_type not in ("Conv", "ConvTranspose") or len(rows.uses()) != 1:
+            return None
+        return rows
+
+    def _like_rows(self, rows: ir.Value, g: ir.Value) -> ir.Value:
+        """New rows shaped as the reshaped rows ``g`` were (and known to to_rows the same way)."""
+        result = self.em.Reshape(rows, g.producer().inputs[1])  # type: ignore[union-attr]
+        known = self._rows_of.get(g)
+        if known is not None:
+            self._rows_of[result] = (rows, known[1])
+        return result

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 import reliability_models as models
 from varrt.explainer import Explainer
 
@@ -20,16 +21,21 @@ sys.exit(status)
 """
 
 
-def test_large_batch_is_split(tmp_path):
+@pytest.mark.parametrize(("method", "runs"), [
+    ("integrated_gradients", 6),  # ceil(23 / 4) backend runs, none larger than 4
+    ("guided_backprop", 23),  # the CPU backend's one-image graphs: one run per image
+])
+def test_large_batch_is_split(tmp_path, method, runs):
     onnx.save(models.tiny_cnn(), tmp_path / "tiny.onnx")
     images = models.images(23)
-    with Explainer(str(tmp_path / "tiny.onnx"), method="guided_backprop", backend="onnxruntime-cpu", batch_size=4,
-                   cache_dir=tmp_path / "cache") as explainer:
+    options = {"steps": 4} if method == "integrated_gradients" else {}
+    with Explainer(str(tmp_path / "tiny.onnx"), method=method, backend="onnxruntime-cpu", batch_size=4,
+                   cache_dir=tmp_path / "cache", **options) as explainer:
         whole = explainer(images)
-        assert len(explainer.timings) == 6  # ceil(23 / 4) backend runs, none larger than 4
+        assert len(explainer.timings) == runs
         for start in (0, 4, 20):
             part = explainer(images[start : start + 4])
-            np.testing.assert_array_equal(whole.var[start : start + 4], part.var)
+            np.testing.assert_allclose(whole.var[start : start + 4], part.var, rtol=1e-6, atol=1e-7)
 
 
 def _peak_rss_kb(folder: Path, images: Path, out: str) -> int:

@@ -393,3 +393,36 @@ def test_real_graph_explainer_matches_direct_run(tiny_cnn_path, tmp_path, method
     np.testing.assert_allclose(result.logits, direct_logits, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(result.attributions, direct_attr, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(result.var, var_maps(direct_attr, T, TAU), rtol=1e-4, atol=1e-6)
+
+
+@requires_exporter
+def test_cpu_explainer_runs_one_image_graphs_that_match_the_batched_graph(tmp_path):
+    """On the CPU the Explainer fixes the batch to 1 (guided masks then take the bias form of
+    export/bias_masks.py) and runs image by image: same numbers as the dynamic graph on the batch."""
+    import onnxruntime as ort
+    import torch
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU6(), torch.nn.Conv2d(16, 16, 3, padding=1),
+        torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10),
+    ).eval()  # fmt: skip
+    path = tmp_path / "relu6_cnn.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 16, 16),), str(path), input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": {0: "N"}, "output": {0: "N"}}, opset_version=17, dynamo=False)
+    images = np.random.default_rng(0).normal(size=(3, 3, 16, 16)).astype(np.float32)
+    explainer = Explainer(str(path), method="guided_backprop", backend="onnxruntime-cpu", cache_dir=tmp_path)
+    result = explainer(images)
+
+    graph = onnx.load(str(explainer.graph_paths["top4+min"]))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    scalings = [init for init in graph.graph.initializer if np.all(numpy_helper.to_array(init) == 2.0**100)]
+    assert scalings  # the weights of the bias form's scaling convolutions
+    assert len(explainer.timings) == 3  # one run per image
+
+    batched = export.explain_graph(str(path), "guided_backprop", classes="top4+min")
+    session = ort.InferenceSession(batched.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids, attributions = session.run(["class_ids", "attributions"], {"input": images})
+    np.testing.assert_array_equal(result.class_ids, ids)
+    scale = float(np.abs(attributions).max())
+    np.testing.assert_allclose(result.attributions, attributions, rtol=1e-5, atol=1e-6 * scale)

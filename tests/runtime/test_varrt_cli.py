@@ -274,6 +274,19 @@ def test_export_writes_an_explanation_graph(tmp_path):
     assert "explain.onnx" in result.stdout
 
 
+def test_export_batch_fixes_the_batch_axis_and_is_checked(tmp_path):
+    model = tmp_path / "tiny.onnx"
+    onnx.save(_tiny_classifier(), str(model))
+    out = tmp_path / "explain.onnx"
+    result = run_varrt("export", str(model), "-o", str(out), "-m", "guided_backprop", "--batch", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    out.unlink()
+    result = run_varrt("export", str(model), "-o", str(out), "--method", "smoothgrad", "--batch", "1", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "smoothgrad runs its samples along the batch axis" in result.stderr and not out.exists()
+
+
 def test_export_unknown_method_is_a_usage_error(tmp_path):
     model = tmp_path / "tiny.onnx"
     onnx.save(_tiny_classifier(), str(model))
