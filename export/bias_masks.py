@@ -16,6 +16,9 @@ an Add of a [1, C, H, W] bias to the [K, C, H, W] cotangent, which stays blocked
     below = clip((high - y) * 2^100, 0, 1)   1 for y < high, 0 for y = high
     b     = 2^120 * (above - 1) + 2^120 * (below - 1)
 
+For a cotangent carried as stride phases (export/phases.py), the first convolutions take a
+stride and a one-hot kernel, cutting y's phase out as they scale it.
+
 Exact, not approximate: the scalings are powers of two, high - y is exact (or rounds to a number
 >= 1 after scaling, for 2^-70 <= high <= 2^27), inside the mask b is 0 and g + 0 == g, outside
 g + b < 0 for any |g| < 2^96. Integration tests compare it with the Mul form and with autograd.
@@ -44,20 +47,27 @@ def fits(em: Emitter, y: ir.Value, high: float) -> bool:
     return math.isinf(high) or _HIGH_RANGE[0] <= high <= _HIGH_RANGE[1]
 
 
-def guided_relu(em: Emitter, rows: ir.Value, y: ir.Value, high: float, channels: int) -> ir.Value:
-    """relu(rows) * (0 < y < high) for the cotangent rows [K, C, H, W] of y [1, C, H, W]."""
+def guided_relu(em: Emitter, rows: ir.Value, y: ir.Value, high: float, channels: int,
+                phase: tuple[int, int, int] | None = None) -> ir.Value:
+    """relu(rows) * (0 < y < high) for the cotangent rows [K, C, H, W] of y [1, C, H, W], or of
+    y's stride phase ``phase`` = (stride, r_h, r_w), the positions (stride*q_h + r_h, stride*q_w + r_w)."""
 
-    def affine(x: ir.Value, scale: float, shift: float) -> ir.Value:
-        weight = em.const(np.full((channels, 1, 1, 1), scale, np.float32))
+    def affine(x: ir.Value, scale: float, shift: float, pick: tuple[int, int, int] | None = None) -> ir.Value:
+        stride, r_h, r_w = pick or (1, 0, 0)
+        # a depthwise conv; with a stride it reads one position of each stride x stride window, so
+        # it cuts out the phase on the way (a one-hot kernel: the other products are exact zeros)
+        weight = np.zeros((channels, 1, stride, stride), np.float32)
+        weight[:, :, r_h, r_w] = scale
         bias = em.const(np.full((channels,), shift, np.float32))
-        return em.Conv(x, weight, bias, group=channels, kernel_shape=[1, 1])
+        return em.Conv(x, em.const(weight), bias, group=channels, kernel_shape=[stride, stride],
+                       strides=[stride, stride])
 
     def unit(x: ir.Value) -> ir.Value:
         return em.Clip(x, em.scalar(0.0, like=x), em.scalar(1.0, like=x))
 
-    above = unit(affine(affine(y, _SCALE, 0.0), _SCALE, 0.0))
+    above = unit(affine(affine(y, _SCALE, 0.0, phase), _SCALE, 0.0))
     bias = affine(above, _BIG, -_BIG)
     if not math.isinf(high):
-        below = unit(affine(y, -_SCALE, high * _SCALE))
+        below = unit(affine(y, -_SCALE, high * _SCALE, phase))
         bias = em.Add(bias, affine(below, _BIG, -_BIG))
     return em.Relu(em.Add(rows, bias))

@@ -42,31 +42,20 @@ def takes_phases(rule: Callable) -> Callable:
     return rule
 
 
-def split(em: Emitter, value: ir.Value, of: ir.Value, stride: int) -> list[list[ir.Value]]:
-    """A value shaped like the forward value ``of`` [N, C, H, W] cut into its stride phases
-    [r_h][r_w] -> [N, C, H/s, W/s]."""
-    # SpaceToDepth stacks the phases along the channels, phase (r_h, r_w) at block r_h*s + r_w:
-    # one pass, where strided Slices copy element by element.
-    stacked = em.SpaceToDepth(value, blocksize=stride)
-    channels = of.shape[1]  # type: ignore[index]
-
-    def phase(block: int) -> ir.Value:
-        part = em.slice(stacked, [block * channels], [(block + 1) * channels], [1])
-        sizes = list(of.shape[2:])  # type: ignore[index]
-        if all(isinstance(size, int) for size in sizes):  # rules that look at phases read it
-            part.dtype = of.dtype
-            part.shape = ir.Shape([of.shape[0], channels, *(size // stride for size in sizes)])  # type: ignore[index]
-        return part
-
-    return [[phase(r_h * stride + r_w) for r_w in range(stride)] for r_h in range(stride)]
-
-
 def times(em: Emitter, g: ir.Value | Phased, local: ir.Value) -> ir.Value | Phased:
     """g * local for a local derivative ``local`` shaped like the forward value [N, C, H, W]."""
     if not isinstance(g, Phased):
         return em.Mul(g, local)
-    local_phases = split(em, local, g.of, g.stride)
-    return g.map(lambda part, r_h, r_w: em.Mul(part, local_phases[r_h][r_w]), g.of)
+    # SpaceToDepth stacks the phases along the channels, phase (r_h, r_w) at block r_h*s + r_w:
+    # one pass, where strided Slices copy element by element.
+    stacked = em.SpaceToDepth(local, blocksize=g.stride)
+    channels = g.of.shape[1]  # type: ignore[index]
+
+    def phase(r_h: int, r_w: int) -> ir.Value:
+        block = r_h * g.stride + r_w
+        return em.slice(stacked, [block * channels], [(block + 1) * channels], [1])
+
+    return g.map(lambda part, r_h, r_w: em.Mul(part, phase(r_h, r_w)), g.of)
 
 
 def add(parts: Sequence[ir.Value | Phased], join: Callable[[Phased], ir.Value],

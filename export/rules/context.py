@@ -183,9 +183,8 @@ class Context:
             rows = [[self._conv_rows(part) for part in row] for row in g.parts]
             if any(r is None for row in rows for r in row):
                 return None
-            y_phases = phases.split(self.em, y, y, g.stride)
-            return g.map(lambda part, r_h, r_w: self._like_rows(
-                bias_masks.guided_relu(self.em, rows[r_h][r_w], y_phases[r_h][r_w], high, channels), part), g.of)
+            return g.map(lambda part, r_h, r_w: self._like_rows(bias_masks.guided_relu(
+                self.em, rows[r_h][r_w], y, high, channels, phase=(g.stride, r_h, r_w)), part), g.of)
         conv_rows = self._conv_rows(g)
         if conv_rows is None:
             return None
