@@ -145,7 +145,8 @@ class Explainer:
         self._cache = GraphCache(cache_dir)
         _, self._device_id = parse_device(device)
         self.backend_name = choose_backend(backend, device)
-        self._one_image = self.backend_name == "onnxruntime-cpu" and _takes_fixed_batch(method, self._model)
+        self._one_image = self.backend_name == "onnxruntime-cpu" and _takes_fixed_batch(
+            method, self._model, self._model_bytes)
         logger.info("varrt: Explainer runs %s on backend %s", method, self.backend_name)
         self._lock = threading.Lock()
         self._backends: dict[str, Backend] = {}
@@ -361,15 +362,16 @@ def _check_method_options(export: Any, options: dict[str, Any]) -> None:
         raise UsageError(f"unknown method option(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
 
 
-def _takes_fixed_batch(method: str, model: str | onnx.ModelProto) -> bool:
+def _takes_fixed_batch(method: str, model: str | onnx.ModelProto, model_bytes: bytes) -> bool:
     """Whether the graph for ``method`` can fix the model's batch axis to 1: the method does not
-    batch steps or samples, and the model's batch axis is dynamic or 1 already."""
+    batch steps or samples, and the model's batch axis is dynamic or 1 already. A model file is
+    parsed from the bytes ``_read_model`` already read (external weights are not needed)."""
     from varrt.export.methods import METHOD_TABLE
 
     spec = METHOD_TABLE.get(method)
     if spec is None or spec.batching:
         return False
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(model, load_external_data=False)
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model_bytes)
     weights = {init.name for init in proto.graph.initializer}
     inputs = [value for value in proto.graph.input if value.name not in weights]
     dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
