@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from varrt.errors import UsageError, VarrtError
+from varrt.core.errors import UsageError, VarrtError
 
 DEFAULT_OUT = "varrt-bench"
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from varrt.bench import grids, metrics
-from varrt.errors import UsageError, VarrtError
+from varrt.core.errors import UsageError, VarrtError
 
 METHODS = (
     "gradient",

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 from varrt.bench import metrics
-from varrt.errors import UsageError, VarrtError
+from varrt.core.errors import UsageError, VarrtError
 
 METHODS = ("gradient", "guided_backprop", "gradcam")
 RANKINGS = ("positive", "abs")

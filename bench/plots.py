@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from varrt.errors import VarrtError
+from varrt.core.errors import VarrtError
 
 
 def pyplot() -> Any:

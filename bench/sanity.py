@@ -34,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from varrt.bench import metrics
-from varrt.errors import ModelError
+from varrt.core.errors import ModelError
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 METHODS = ("gradient", "guided_backprop", "integrated_gradients", "gradcam")

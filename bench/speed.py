@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 from varrt.export.methods import METHODS  # noqa: E402  (every method is benchmarked)
 
 REFERENCE_FLOW = "torch+captum"
@@ -207,7 +207,7 @@ def run_speed(
     progress: Progress = _no_progress,
 ) -> dict[str, Any]:
     """Time every method on every backend (all usable ones by default); the JSON report."""
-    from varrt.classes import parse_classes
+    from varrt.core.classes import parse_classes
 
     if repeats < 1 or throughput_repeats < 1 or warmup < 0:
         raise UsageError("--repeats and --throughput-repeats must be at least 1, --warmup at least 0")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import onnx_ir as ir
-from varrt.errors import UnsupportedOpError
+from varrt.core.errors import UnsupportedOpError
 from varrt.export import phases
 from varrt.export.emitter import Emitter
 from varrt.export.phases import Phased

@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
-from varrt.errors import ModelError, UsageError
+from varrt.core.errors import ModelError, UsageError
 from varrt.export.autodiff import backward
 from varrt.export.emitter import Emitter
 from varrt.export.methods import METHOD_TABLE, METHODS, Method

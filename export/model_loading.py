@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
-from varrt.errors import ModelError, UnsupportedOpError, UsageError
+from varrt.core.errors import ModelError, UnsupportedOpError, UsageError
 
 MIN_OPSET, MAX_OPSET = 9, 25
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 
 #: The dtypes the kernels take; maths is done in float32 for both (float64 only on the CPU).
 KERNEL_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))

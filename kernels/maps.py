@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 from varrt.kernels.var_numpy import var_maps_numpy
 
 
@@ -27,7 +27,7 @@ def var_maps(attributions: Any, temperature: float = 10.0, tau: float = 0.01, sc
 
     NumPy arrays run on the CPU; CuPy arrays run the fused CUDA kernel on the current CuPy
     stream and the result stays on the device. The result has the input's shape and dtype;
-    float16 is accumulated in float32. Raises ``varrt.errors.UsageError`` for K < 2, a rank
+    float16 is accumulated in float32. Raises ``varrt.core.errors.UsageError`` for K < 2, a rank
     below 2, a non-float dtype, or temperature <= 0.
 
     ``scale`` picks what the temperature multiplies. "none" (the paper's formula, the default)

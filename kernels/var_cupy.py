@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 from varrt.kernels.checks import KERNEL_DTYPES, check_var_args
 
 HERE = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnx_ir import tape as ir_tape
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 
 #: The default-domain opsets append_var is written and tested for.
 MIN_OPSET, MAX_OPSET = 9, 21

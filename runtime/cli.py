@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from varrt import __version__
-from varrt.errors import UsageError, VarrtError
+from varrt.core.errors import UsageError, VarrtError
 
 _BACKENDS = ("auto", "onnxruntime", "onnxruntime-cpu", "cuda", "onnxruntime-cuda", "tensorrt")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}

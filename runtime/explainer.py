@@ -20,8 +20,8 @@ from varrt import __version__
 from varrt.backends.base import Backend, tensor_specs
 from varrt.backends.select import choose_backend, create_backend, parse_device
 from varrt.cache import GraphCache, graph_cache_key
-from varrt.classes import ClassSpec, check_class_ids, check_spec_fits, parse_classes
-from varrt.errors import ModelError, UsageError
+from varrt.core.classes import ClassSpec, check_class_ids, check_spec_fits, parse_classes
+from varrt.core.errors import ModelError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Explainer:
         method_options: passed to ``varrt.export.explain_graph`` (``layer``, ``steps``,
             ``baseline``, ``samples``, ``noise``).
 
-    Invalid input is refused with a one-line ``varrt.errors.UsageError`` before anything runs: a
+    Invalid input is refused with a one-line ``varrt.core.errors.UsageError`` before anything runs: a
     batch that is not [N, C, H, W] float, an empty batch, sizes the graph does not take, class ids
     out of range, and images containing NaN or Inf (they would turn whole maps into NaN; clean
     them first, e.g. with ``numpy.nan_to_num``).

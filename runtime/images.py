@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 import onnx
 from PIL import Image, UnidentifiedImageError
-from varrt.errors import ModelError, UsageError, VarrtError
+from varrt.core.errors import ModelError, UsageError, VarrtError
 
 ResizeMode = Literal["crop", "stretch"]
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-from varrt.errors import ModelError
+from varrt.core.errors import ModelError
 from varrt.export import bias_masks, phases
 from varrt.export.emitter import Emitter
 from varrt.export.phases import Phased

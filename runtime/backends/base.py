@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 
 # ONNX element type -> NumPy dtype, for the types an explanation graph carries.
 _ONNX_TO_NUMPY: dict[int, np.dtype[Any]] = {

@@ -27,7 +27,7 @@ from varrt.backends.base import (
     cuda_device_unavailable_reason,
     resolve_output_shapes,
 )
-from varrt.errors import ModelError, UsageError, VarrtError
+from varrt.core.errors import ModelError, UsageError, VarrtError
 
 logger = logging.getLogger(__name__)
 

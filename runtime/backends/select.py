@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx
 from varrt.backends.base import Backend
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 
 #: Backend names an Explainer reports in ``backend_name``.
 BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from varrt.backends.base import CudaStreamBackend, TensorSpec, cuda_device_unavailable_reason
 from varrt.cache import atomic_write_bytes, default_cache_dir
-from varrt.errors import ModelError, UsageError, VarrtError
+from varrt.core.errors import ModelError, UsageError, VarrtError
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from bench_models import CellOracleExplainer
 from varrt.bench import gpg, grids
-from varrt.errors import UsageError, VarrtError
+from varrt.core.errors import UsageError, VarrtError
 
 
 def _cells(colour_setup):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 from varrt.bench import sanity
-from varrt.errors import ModelError
+from varrt.core.errors import ModelError
 
 
 def _weights(model):

@@ -5,7 +5,7 @@ import json
 import pytest
 from bench_models import CellOracleExplainer
 from varrt.bench import speed
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 
 
 def _check_report(report, methods, batch_sizes):

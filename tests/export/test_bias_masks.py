@@ -16,7 +16,7 @@ import torch_models as tm
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from varrt import export
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 from varrt.export.vjp import vjp_model
 
 SCALE = 2.0**100  # the weight of the scaling convolutions, which marks the bias form in a graph

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from var_reference import assert_var_close
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 from varrt.kernels import var_cupy, var_maps
 from varrt.kernels.var_cupy import K_CAPACITIES, all_kernel_names, kernel_name
 

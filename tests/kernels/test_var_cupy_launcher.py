@@ -12,7 +12,7 @@ import types
 
 import numpy as np
 import pytest
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 from varrt.kernels import var_cupy, var_maps
 from varrt.kernels.var_numpy import var_maps_numpy
 

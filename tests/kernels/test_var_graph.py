@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx_ir.tape import Tape
 from var_reference import assert_var_close
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 from varrt.kernels import append_var, var_maps
 
 OPSETS = [9, 13, 17, 21]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from var_reference import assert_var_close
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 from varrt.kernels import var_maps
 
 SHAPES = [  # (N, K, trailing...)

@@ -7,7 +7,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 from onnx_ir.tape import Tape
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 from varrt.kernels import append_var, var_maps
 
 

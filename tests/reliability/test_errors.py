@@ -14,7 +14,7 @@ import onnx
 import pytest
 import reliability_models as models
 from onnx import TensorProto, helper
-from varrt.errors import ModelError, UnsupportedOpError, UsageError
+from varrt.core.errors import ModelError, UnsupportedOpError, UsageError
 from varrt.explainer import Explainer
 
 

@@ -21,7 +21,7 @@ import onnx
 import pytest
 import reliability_models as models
 from onnx import TensorProto, helper
-from varrt.errors import VarrtError
+from varrt.core.errors import VarrtError
 from varrt.explainer import Explainer
 from varrt.export import explain_graph
 

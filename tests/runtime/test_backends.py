@@ -27,7 +27,7 @@ from varrt.backends.onnxruntime import (
     physical_cores,
 )
 from varrt.backends.select import parse_device
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 
 SHAPE = (3, 4, 4)  # C, H, W
 NUM_CLASSES = 7

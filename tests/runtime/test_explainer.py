@@ -16,7 +16,7 @@ import varrt
 from onnx import numpy_helper
 from test_backends import SHAPE, linear_classifier, linear_explanation_graph, linear_weights
 from varrt import Explainer, Explanation, export
-from varrt.errors import ModelError, UsageError
+from varrt.core.errors import ModelError, UsageError
 
 T, TAU = 10.0, 0.01
 

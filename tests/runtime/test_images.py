@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 from varrt import data
-from varrt.errors import ModelError, UsageError, VarrtError
+from varrt.core.errors import ModelError, UsageError, VarrtError
 from varrt.images import (
     PRESETS,
     Preprocessing,

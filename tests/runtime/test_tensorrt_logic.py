@@ -26,7 +26,7 @@ from varrt.backends.tensorrt import (
     profile_shapes,
     tensorrt_unavailable_reason,
 )
-from varrt.errors import UsageError, VarrtError
+from varrt.core.errors import UsageError, VarrtError
 
 F32, I64 = np.dtype(np.float32), np.dtype(np.int64)
 IMAGE = TensorSpec("input", F32, ("N", 3, 32, 32))

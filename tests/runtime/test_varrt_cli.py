@@ -19,7 +19,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from varrt import cli, data
-from varrt.classes import parse_classes
+from varrt.core.classes import parse_classes
 from varrt.explainer import Explanation
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from varrt.errors import UsageError
+from varrt.core.errors import UsageError
 
 # "top4+min": the 4 most likely classes, then the least likely one (the VAR paper's choice).
 _RULE = re.compile(r"top(\d+)(\+min)?")
@@ -45,7 +45,7 @@ def parse_classes(classes: Any, *, var: bool = True) -> ClassSpec:
     >>> parse_classes("top1", var=True)
     Traceback (most recent call last):
     ...
-    varrt.errors.UsageError: classes 'top1' gives K=1, but VAR needs at least 2 classes
+    varrt.core.errors.UsageError: classes 'top1' gives K=1, but VAR needs at least 2 classes
     """
     if isinstance(classes, bool):
         raise UsageError(f"classes must be 'topK', 'topK+min', an int or a list of ids, not {classes!r}")

@@ -2,8 +2,8 @@
 
 import numpy as np
 import pytest
-from varrt.classes import ClassSpec, check_class_ids, check_spec_fits, parse_classes, select_classes
-from varrt.errors import UsageError
+from varrt.core.classes import ClassSpec, check_class_ids, check_spec_fits, parse_classes, select_classes
+from varrt.core.errors import UsageError
 
 
 @pytest.mark.parametrize(
