@@ -1,12 +1,11 @@
 """Reverse-mode autodiff of an ONNX graph into standard ONNX nodes of the same graph.
 
 ``backward`` walks the forward graph once in reverse topological order and asks each node's VJP
-rule for its input cotangents. It does the generic work so rules stay small: it restricts the
-walk to the gradient path (float values that depend on ``wrt`` and reach a seed), sums the
-cotangents of values with several consumers, checks each rule answered one entry per input, and
-fails naming the op type, node and opset when a rule is missing. A strided Conv's cotangent may
-travel as its stride phases (export/phases.py): the driver sums phases phase by phase and joins
-them for any rule not marked ``takes_phases``.
+rule (export/rules/table.py) for its input cotangents. It does the generic work so rules stay
+small: it restricts the walk to the gradient path (float values that depend on ``wrt`` and reach a
+seed), sums the cotangents of values with several consumers, applies the modified backward of the
+node's family (guided backprop), checks each rule answered one entry per input, and fails naming
+the op type, node and opset when a rule is missing.
 """
 
 from __future__ import annotations
@@ -15,11 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import onnx_ir as ir
 from varrt.core.errors import UnsupportedOpError
-from varrt.export import phases
 from varrt.export.emitter import Emitter
-from varrt.export.phases import Phased
-from varrt.export.rules import lookup
 from varrt.export.rules.context import ZERO, Context
+from varrt.export.rules.table import lookup, modified
 
 
 def backward(
@@ -27,34 +24,36 @@ def backward(
     seeds: Mapping[ir.Value, ir.Value],
     wrt: Sequence[ir.Value],
     *,
-    guided: bool = False,
+    modified_backward: str | None = None,
 ) -> list[ir.Value]:
     """Cotangents [K, *v.shape] of each value in ``wrt``, given cotangents of ``seeds``' keys.
 
     Each seed cotangent has the shape [K, *key.shape]. Values in ``wrt`` that no seed depends on
-    get an explicit zero tensor.
+    get an explicit zero tensor. ``modified_backward`` ("guided") swaps the true gradient for a
+    modified one on the families that declare it.
     """
     forward_nodes = list(em.graph)  # snapshot: the nodes emitted below are not walked
     path = _gradient_path(forward_nodes, set(seeds), set(wrt))
-    ctx = Context(em, guided=guided)
-    cotangents: dict[ir.Value, list[ir.Value | Phased]] = {value: [g] for value, g in seeds.items()}
+    ctx = Context(em)
+    cotangents: dict[ir.Value, list[ir.Value]] = {value: [g] for value, g in seeds.items()}
 
     for node in reversed(forward_nodes):
         if not any(v in cotangents for v in node.outputs) or not any(v in path for v in node.inputs):
             continue
-        rule = lookup(node.op_type, em.opset) if node.domain in ("", "ai.onnx") else None
-        if rule is None:
+        row = lookup(node.op_type, em.opset) if node.domain in ("", "ai.onnx") else None
+        if row is None:
             domain = f" in domain '{node.domain}'" if node.domain not in ("", "ai.onnx") else ""
             raise UnsupportedOpError(
                 f"no gradient rule for op {node.op_type}{domain} (node '{node.name}', opset {em.opset}) "
                 "on the path from the input to the logits"
             )
-        outs = [_total(ctx, cotangents.get(v)) for v in node.outputs]
-        if not getattr(rule, "takes_phases", False):
-            outs = [ctx.whole(g) for g in outs]
+        outs = [_total(em, cotangents.get(v)) for v in node.outputs]
         ctx.output_cotangents = outs
-        first = outs[0] if outs[0] is not None else next(g for g in outs if g is not None)
-        results = rule(ctx, node, first)
+        first = next(g for g in outs if g is not None)
+        modifier = modified(row, modified_backward)
+        if modifier is not None and outs[0] is not None:
+            first = outs[0] = modifier(ctx, node, outs[0])
+        results = row.rule(ctx, node, first)
         if len(results) != len(node.inputs):
             raise AssertionError(f"rule for {node.op_type} returned {len(results)} entries "
                                  f"for {len(node.inputs)} inputs")
@@ -70,7 +69,7 @@ def backward(
 
     grads = []
     for value in wrt:
-        total = ctx.whole(_total(ctx, cotangents.get(value)))
+        total = _total(em, cotangents.get(value))
         if total is None:
             some_seed = next(iter(seeds.values()))
             total = em.zeros_like(em.Concat(em.shape(some_seed, 0, 1), em.shape(value), axis=0), value)
@@ -91,10 +90,8 @@ def _gradient_path(nodes: Sequence[ir.Node], seeds: set[ir.Value], wrt: set[ir.V
     return depends & reaches
 
 
-def _total(ctx: Context, parts: list[ir.Value | Phased] | None) -> ir.Value | Phased | None:
-    if not parts:
-        return None
-    return parts[0] if len(parts) == 1 else phases.add(parts, ctx.whole, ctx.add_all)
+def _total(em: Emitter, parts: list[ir.Value] | None) -> ir.Value | None:
+    return em.add_all(parts) if parts else None
 
 
 def _is_float(value: ir.Value) -> bool:

@@ -2,7 +2,7 @@
 
 Rules and methods never spell out opset differences themselves: ``em.reduce_sum(x, [1])`` writes
 ``axes`` as an attribute below opset 13 and as a constant input from 13 on; the same for
-Squeeze/Unsqueeze, Slice, Pad and the other Reduce ops. Every axes, shape or pads operand is a
+Squeeze/Unsqueeze, Slice, Pad and the other Reduce ops (one table: export/spellings.py). Every axes, shape or pads operand is a
 constant initializer, as the ONNX-TensorRT parser requires.
 
     em = Emitter(graph, opset=17)
@@ -16,19 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx_ir as ir
-
-# Opset from which each op reads its axes from an input instead of an attribute.
-_AXES_AS_INPUT_SINCE = {
-    "ReduceSum": 13,
-    "Squeeze": 13,
-    "Unsqueeze": 13,
-    "ReduceMean": 18,
-    "ReduceMax": 18,
-    "ReduceMin": 18,
-    "ReduceProd": 18,
-    "ReduceL2": 18,
-}
-
+from varrt.export.spellings import is_input
 
 class Emitter:
     """Appends nodes and constants to ``graph``, written for default-domain ``opset``."""
@@ -76,7 +64,7 @@ class Emitter:
 
     # -- version-aware helpers --------------------------------------------------------------
     def _with_axes(self, op_type: str, x: ir.Value, axes: Sequence[int], **attributes: Any) -> ir.Value:
-        if self.opset >= _AXES_AS_INPUT_SINCE[op_type]:
+        if is_input(op_type, "axes", self.opset):
             return self.op(op_type, x, self.ints(axes), **attributes)
         return self.op(op_type, x, axes=list(axes), **attributes)
 
@@ -103,7 +91,7 @@ class Emitter:
         axes: Sequence[int],
         steps: Sequence[int] | None = None,
     ) -> ir.Value:
-        if self.opset < 10:
+        if not is_input("Slice", "starts", self.opset):
             if steps is not None and any(s != 1 for s in steps):
                 raise ValueError("Slice with steps needs opset 10")
             return self.op("Slice", x, starts=list(starts), ends=list(ends), axes=list(axes))
@@ -116,7 +104,7 @@ class Emitter:
         """Constant padding; ``pads`` is ONNX's [begin_0, ..., begin_r, end_0, ..., end_r]."""
         if not any(pads):
             return x
-        if self.opset < 11:
+        if not is_input("Pad", "pads", self.opset):
             return self.op("Pad", x, pads=list(pads), value=float(value), mode="constant")
         return self.op("Pad", x, self.ints(pads), self.scalar(value, like=x), mode="constant")
 

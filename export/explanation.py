@@ -13,6 +13,7 @@ from varrt.export.autodiff import backward
 from varrt.export.emitter import Emitter
 from varrt.export.methods import METHOD_TABLE, METHODS, Method
 from varrt.export.model_loading import Classifier, load_classifier, read_model
+from varrt.export.passes import TARGETS, optimize
 from varrt.export.rules.context import Context
 from varrt.export.rules.separable import probe_matrix, separable_vjp
 
@@ -36,6 +37,7 @@ def explain_graph(
     classes: str | None = None,
     seed: int = 0,
     batch: int | None = None,
+    target: str = "portable",
 ) -> onnx.ModelProto:
     """Rewrite an ONNX classifier into a graph that also returns per-class attributions.
 
@@ -46,9 +48,11 @@ def explain_graph(
     ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
     standard ONNX ops are emitted.
 
-    ``batch`` fixes the image batch axis to that size (the model's is usually dynamic). With a
-    batch of 1 the guided-backprop masks take a form ONNX Runtime's CPU provider runs in its
-    blocked layout (export/bias_masks.py): the graph to deploy there, one image per run.
+    ``batch`` fixes the image batch axis to that size (the model's is usually dynamic).
+    ``target`` picks the graph passes run after the backward (export/passes/): "portable" (none:
+    for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
+    with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX
+    Runtime's CPU provider, one image per run).
 
     >>> import onnxruntime as ort
     >>> graph = explain_graph("model.onnx", method="guided_backprop")        # doctest: +SKIP
@@ -57,6 +61,8 @@ def explain_graph(
     """
     if method not in METHOD_TABLE:
         raise UsageError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if target not in TARGETS:
+        raise UsageError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
     name = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
     spec = METHOD_TABLE[method]
@@ -82,7 +88,7 @@ def explain_graph(
         outputs["var_attributions"] = append_var(builder.em.tape, outputs["attributions"], temperature=temperature,
                                                  tau=tau, opset=clf.opset, scale=var_scale, rank=rank)
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                   var=var, temperature=temperature, tau=tau, var_scale=var_scale, classes=classes, batch=batch)
+                   var=var, temperature=temperature, tau=tau, var_scale=var_scale, classes=classes, batch=batch, target=target)
     return _finish(clf, outputs, options)
 
 
@@ -122,20 +128,20 @@ class _Builder:
 
         if spec.cam:
             cam = self._gradcam(seed, layer)  # [K, N, H, W]
-            if spec.guided:
-                guided = backward(em, {logits_all: seed}, [image], guided=True)[0]
+            if spec.modified:
+                guided = backward(em, {logits_all: seed}, [image], modified_backward=spec.modified)[0]
                 cam = em.Mul(guided, em.unsqueeze(cam, [2]))
             attributions = cam
         else:
             seed_all = seed if blocks == 1 else self._seed_blocks(seed, block_weights)
-            grad = backward(em, {logits_all: seed_all}, [self.wrt], guided=spec.guided)[0]
+            grad = backward(em, {logits_all: seed_all}, [self.wrt], modified_backward=spec.modified)[0]
             if blocks > 1:
                 grad = em.reduce_sum(em.Reshape(grad, em.Concat(em.ints([0, blocks, -1]), em.shape(grad, 2), axis=0)),
                                      [1], keepdims=False)
             if spec.times_input:
                 grad = em.Mul(grad, self.image if not spec.batching else em.Sub(self.image, self._baseline))
             attributions = grad
-        rank = 4 if spec.cam and not spec.guided else len(self.image.shape) + 1  # type: ignore[arg-type]
+        rank = 4 if spec.cam and not spec.modified else len(self.image.shape) + 1  # type: ignore[arg-type]
         outputs["attributions"] = em.Transpose(attributions, perm=[1, 0] + list(range(2, rank)))
         return outputs
 
@@ -327,6 +333,7 @@ def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onn
         value.shape = _output_shape(key, clf, options)
         graph.outputs.append(value)
     ir_passes.RemoveUnusedNodesPass()(clf.model)
+    optimize(clf.model, options["target"])
     ir_passes.NameFixPass()(clf.model)
     proto = ir.serde.serialize_model(clf.model)
     # The lowest IR version the opsets allow: runtimes lag behind onnx's newest IR version.
@@ -351,7 +358,7 @@ def _output_shape(key: str, clf: Classifier, options: dict) -> ir.Shape:
     if key == "class_ids":
         return ir.Shape([batch, "K"])
     spec = METHOD_TABLE[options["method"]]
-    tail = image[2:] if spec.cam and not spec.guided else image[1:]
+    tail = image[2:] if spec.cam and not spec.modified else image[1:]
     return ir.Shape([batch, "K", *tail])
 
 

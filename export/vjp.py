@@ -2,8 +2,9 @@
 
 ``vjp_model(model)`` returns a graph with the model's inputs, one extra input
 ``cotangent_<output>`` of shape [K, *output.shape] per float output, and outputs ``grad_<input>``
-[K, *input.shape] for each float input: K vector-Jacobian products in one run. The rule tests
-check every rule through it against finite differences.
+[K, *input.shape] for each float input: K vector-Jacobian products in one run, with the graph
+passes of ``target`` applied. The rule tests check every rule through it against finite
+differences, for every target.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from onnx_ir.passes import common as ir_passes
 from varrt.export.autodiff import backward
 from varrt.export.emitter import Emitter
 from varrt.export.model_loading import fold_constants, fold_pads_into_convs, infer_shapes
+from varrt.export.passes import optimize
 
 
-def vjp_model(proto: onnx.ModelProto, *, guided: bool = False) -> onnx.ModelProto:
+def vjp_model(proto: onnx.ModelProto, *, modified_backward: str | None = None,
+              target: str = "portable") -> onnx.ModelProto:
     model = ir.serde.deserialize_model(proto)
     ir_passes.RemoveInitializersFromInputsPass()(model)
     fold_constants(model.graph)
@@ -33,13 +36,14 @@ def vjp_model(proto: onnx.ModelProto, *, guided: bool = False) -> onnx.ModelProt
         cot = ir.Value(name=f"cotangent_{out.name}", type=out.type, shape=ir.Shape(["K", *(out.shape or [])]))
         graph.inputs.append(cot)
         seeds[out] = cot
-    grads = backward(em, seeds, wrt, guided=guided)
+    grads = backward(em, seeds, wrt, modified_backward=modified_backward)
     for value, grad in zip(wrt, grads):
         grad = em.Identity(grad)
         grad.name, grad.type = f"grad_{value.name}", value.type
         grad.shape = ir.Shape(["K", *value.shape])  # type: ignore[misc]
         graph.outputs.append(grad)
     ir_passes.RemoveUnusedNodesPass()(model)
+    optimize(model, target)
     result = ir.serde.serialize_model(model)
     result.ir_version = max(result.ir_version, 7)
     return result

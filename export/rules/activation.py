@@ -1,30 +1,29 @@
 """Elementwise activations: the cotangent times the local derivative.
 
-The ReLU family (Relu, Clip with min 0 such as ReLU6, LeakyRelu) carries the guided-backprop
-flag: with ``ctx.guided`` only positive cotangents pass, as in Springenberg et al.
+Guided backprop is not here: it belongs to the rectifier family in the rule table
+(export/rules/table.py), which hands these rules only the positive part of the cotangent.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import cast
 
 import onnx_ir as ir
 from varrt.export.emitter import Emitter
-from varrt.export.phases import takes_phases
-from varrt.export.rules import rule
 from varrt.export.rules.context import Context
 
 Derivative = Callable[[Emitter, ir.Value, ir.Value], ir.Value]  # (em, x, y) -> dy/dx
 
 
-def _unary(op_type: str, derivative: Derivative) -> None:
+def unary(derivative: Derivative) -> Callable[[Context, ir.Node, ir.Value], list]:
+    """The rule of an elementwise op from its local derivative dy/dx."""
+
     def vjp(ctx: Context, node: ir.Node, g: ir.Value) -> list:
         local = derivative(ctx.em, node.inputs[0], node.outputs[0])  # type: ignore[arg-type]
-        return [ctx.times(g, local)] + [None] * (len(node.inputs) - 1)
+        return [ctx.em.Mul(g, local)] + [None] * (len(node.inputs) - 1)
 
-    rule(op_type)(takes_phases(vjp))
+    return vjp
 
 
 def _positive(em: Emitter, x: ir.Value) -> ir.Value:
@@ -47,63 +46,41 @@ def _gaussian_density(em: Emitter, x: ir.Value) -> ir.Value:
     return em.Mul(em.Exp(half_square), em.scalar(1.0 / math.sqrt(2.0 * math.pi), like=x))
 
 
-def _guided_relu(ctx: Context, g: ir.Value, y: ir.Value, high: float) -> ir.Value:
-    """relu(g) * (0 < y < high): guided backprop through a ReLU with output y, capped at high."""
-    by_bias = ctx.guided_relu_by_bias(g, y, high)
-    if by_bias is not None:
-        return by_bias  # type: ignore[no-any-return]
-    inside = _positive(ctx.em, y) if math.isinf(high) else _inside(ctx.em, y, 0.0, high)
-    return ctx.times(ctx.positive_part(g), inside)  # type: ignore[no-any-return]
-
-
 # y > 0 exactly where x > 0; reading y rather than x leaves x a single-use value, which lets
 # runtimes fuse the activation into the convolution before it (ONNX Runtime: Conv+Relu/Clip).
-@takes_phases
-@rule("Relu")
 def relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    y: ir.Value = node.outputs[0]
-    if ctx.guided:
-        return [_guided_relu(ctx, g, y, math.inf)]
-    return [ctx.times(g, _positive(ctx.em, y))]
+    return [ctx.em.Mul(g, _positive(ctx.em, node.outputs[0]))]  # type: ignore[arg-type]
 
 
-_unary("Sigmoid", lambda em, x, y: _sigmoid_derivative(em, y))
-_unary("Tanh", lambda em, x, y: em.Sub(em.scalar(1.0, like=y), em.Mul(y, y)))
-_unary("Exp", lambda em, x, y: y)
-_unary("Log", lambda em, x, y: em.Reciprocal(x))
-_unary("Sqrt", lambda em, x, y: em.Div(em.scalar(0.5, like=y), y))
-_unary("Reciprocal", lambda em, x, y: em.Neg(em.Mul(y, y)))
-_unary("Softplus", lambda em, x, y: em.Sigmoid(x))
-_unary("Abs", lambda em, x, y: em.Sign(x))
-_unary("Erf", lambda em, x, y: em.Mul(em.Exp(em.Neg(em.Mul(x, x))), em.scalar(2.0 / math.sqrt(math.pi), like=x)))
+sigmoid = unary(lambda em, x, y: _sigmoid_derivative(em, y))
+tanh = unary(lambda em, x, y: em.Sub(em.scalar(1.0, like=y), em.Mul(y, y)))
+exp = unary(lambda em, x, y: y)
+log = unary(lambda em, x, y: em.Reciprocal(x))
+sqrt = unary(lambda em, x, y: em.Div(em.scalar(0.5, like=y), y))
+reciprocal = unary(lambda em, x, y: em.Neg(em.Mul(y, y)))
+softplus = unary(lambda em, x, y: em.Sigmoid(x))
+absolute = unary(lambda em, x, y: em.Sign(x))
+erf = unary(lambda em, x, y: em.Mul(em.Exp(em.Neg(em.Mul(x, x))), em.scalar(2.0 / math.sqrt(math.pi), like=x)))
 # HardSwish(x) = x * HardSigmoid(x; 1/6, 1/2): derivative hs(x) + x/6 inside (-3, 3).
-_unary("HardSwish", lambda em, x, y: em.Add(
+hard_swish = unary(lambda em, x, y: em.Add(
     em.HardSigmoid(x, alpha=1.0 / 6.0, beta=0.5),
     em.Mul(em.Mul(x, em.scalar(1.0 / 6.0, like=x)), _inside(em, x, -3.0, 3.0)),
 ))
 
 
-@takes_phases
-@rule("LeakyRelu", "Elu")
 def leaky_relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x, y = ctx.em, node.inputs[0], node.outputs[0]
     alpha = node.attributes.get_float("alpha", 0.01 if node.op_type == "LeakyRelu" else 1.0)
     # Elu's slope below zero is y + alpha; LeakyRelu's is alpha.
     below = em.scalar(alpha, like=x) if node.op_type == "LeakyRelu" else em.Add(y, em.scalar(alpha, like=x))
-    if ctx.guided and node.op_type == "LeakyRelu":
-        g = ctx.positive_part(g)
-    return [ctx.times(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), below))]
+    return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), below))]
 
 
-@takes_phases
-@rule("PRelu")
 def prelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x, slope = ctx.em, node.inputs[0], node.inputs[1]
-    return [ctx.times(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), slope)), None]
+    return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), slope)), None]
 
 
-@takes_phases
-@rule("HardSigmoid")
 def hard_sigmoid(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     alpha = node.attributes.get_float("alpha", 0.2)
     beta = node.attributes.get_float("beta", 0.5)
@@ -111,31 +88,23 @@ def hard_sigmoid(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # 0 < alpha*x + beta < 1, written for x (alpha > 0 in every exporter's use)
     low, high = (-beta / alpha, (1.0 - beta) / alpha)
     inside = _inside(ctx.em, x, min(low, high), max(low, high))
-    return [ctx.times(g, ctx.em.Mul(inside, ctx.em.scalar(alpha, like=x)))]
+    return [ctx.em.Mul(g, ctx.em.Mul(inside, ctx.em.scalar(alpha, like=x)))]
 
 
-@takes_phases
-@rule("Clip")
 def clip(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, x = ctx.em, node.inputs[0]
-    if ctx.opset < 11:
-        low = cast(float, node.attributes.get_float("min", -math.inf))  # with a default: never None
-        high = cast(float, node.attributes.get_float("max", math.inf))
-    else:
-        low_array, high_array = ctx.const(node, 1), ctx.const(node, 2)
-        low = -math.inf if low_array is None else float(low_array)
-        high = math.inf if high_array is None else float(high_array)
-    rest = [None] * (len(node.inputs) - 1)
+    low, high = clip_bounds(ctx, node)
+    x = node.inputs[0]
     # low < y < high exactly where low < x < high (y = clip(x) sits on a bound otherwise), and
-    # reading the output keeps the input single-use, so Conv+Clip can fuse (see Relu).
+    # reading the output keeps the input single-use, so runtimes can fuse Conv+Clip (see Relu).
     y = node.outputs[0] if low < high else x
-    if ctx.guided and low == 0.0:  # ReLU6 and friends are ReLUs for guided backprop
-        return [_guided_relu(ctx, g, y, high)] + rest  # type: ignore[arg-type]
-    return [ctx.times(g, _inside(em, y, low, high))] + rest  # type: ignore[arg-type]
+    return [ctx.em.Mul(g, _inside(ctx.em, y, low, high))] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
 
 
-@takes_phases
-@rule("Gelu", since=20)
+def clip_bounds(ctx: Context, node: ir.Node) -> tuple[float, float]:
+    low, high = ctx.operand(node, "min"), ctx.operand(node, "max")
+    return (-math.inf if low is None else float(low), math.inf if high is None else float(high))
+
+
 def gelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em = ctx.em
     x: ir.Value = node.inputs[0]  # type: ignore[assignment]
@@ -153,4 +122,4 @@ def gelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
         cdf = em.Mul(em.scalar(0.5, like=x),
                      em.Add(em.scalar(1.0, like=x), em.Erf(em.Mul(x, em.scalar(1.0 / math.sqrt(2.0), like=x)))))
         local = em.Add(cdf, em.Mul(x, _gaussian_density(em, x)))
-    return [ctx.times(g, local)]
+    return [em.Mul(g, local)]

@@ -7,9 +7,7 @@ its input's shape, so broadcasting is handled in one place.
 from __future__ import annotations
 
 import onnx_ir as ir
-from varrt.export.phases import takes_phases
-from varrt.export.rules import rule
-from varrt.export.rules.context import Context
+from varrt.export.rules.context import ZERO, Context
 
 
 def _broadcast(ctx: Context, node: ir.Node, cotangents: list) -> list:
@@ -20,42 +18,34 @@ def _broadcast(ctx: Context, node: ir.Node, cotangents: list) -> list:
     ]
 
 
-@takes_phases  # a same-shape input passes the phases on; sum_to joins them before reducing
-@rule("Add", "Sum")
 def add(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return _broadcast(ctx, node, [g] * len(node.inputs))
 
 
-@rule("Mean")
 def mean(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     share = ctx.em.Mul(g, ctx.em.scalar(1.0 / len(node.inputs), like=node.outputs[0]))
     return _broadcast(ctx, node, [share] * len(node.inputs))
 
 
-@rule("Sub")
 def sub(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return _broadcast(ctx, node, [g, ctx.em.Neg(g)])
 
 
-@rule("Neg")
 def neg(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [ctx.em.Neg(g)]
 
 
-@rule("Mul")
 def mul(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     a, b = node.inputs
     return _broadcast(ctx, node, [ctx.em.Mul(g, b), ctx.em.Mul(g, a)])
 
 
-@rule("Div")
 def div(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, (_, b), y = ctx.em, node.inputs, node.outputs[0]
     ga = em.Div(g, b)
     return _broadcast(ctx, node, [ga, em.Neg(em.Mul(ga, y))])
 
 
-@rule("Pow")
 def power(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, (x, p), y = ctx.em, node.inputs, node.outputs[0]
     p_like_x = p if p.dtype == x.dtype else em.cast_like(p, x)  # type: ignore[union-attr]
@@ -64,7 +54,6 @@ def power(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return _broadcast(ctx, node, [gx, gp])
 
 
-@rule("Max", "Min")
 def extremum(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # The gradient goes to the input that attains the extremum; on ties, to the first one.
     em, y = ctx.em, node.outputs[0]
@@ -78,29 +67,29 @@ def extremum(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return _broadcast(ctx, node, cotangents)
 
 
-@rule("Where")
 def where(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, (condition, x, _) = ctx.em, node.inputs
     zero = em.scalar(0.0, like=x)
     return _broadcast(ctx, node, [None, em.Where(condition, g, zero), em.Where(condition, zero, g)])
 
 
-@rule("Expand")
 def expand(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [ctx.sum_to(g, node.inputs[0], ctx.dims(node.outputs[0])), None]  # type: ignore[arg-type]
 
 
-@rule("Identity")
 def identity(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [g]
 
 
-@rule("Dropout")
 def dropout(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # Inference: Dropout is the identity (its ratio and training_mode inputs carry no gradient).
     return [g] + [None] * (len(node.inputs) - 1)
 
 
-@rule("Cast")
 def cast(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [ctx.em.cast_like(g, node.inputs[0])]  # type: ignore[arg-type]
+
+
+def zero(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # Piecewise constant (Floor, Ceil, Round, Sign): the derivative is zero wherever it exists.
+    return [ZERO] * len(node.inputs)

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from varrt.export.rules import rule
 from varrt.export.rules.context import Context
 
 
-@rule("Reshape", "Flatten", "Squeeze", "Unsqueeze")
 def reshape(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [ctx.like_forward(g, node.inputs[0])] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
 
 
-@rule("Transpose")
 def transpose(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     rank = ctx.rank(node.inputs[0])  # type: ignore[arg-type]
     perm = list(node.attributes.get_ints("perm", list(reversed(range(rank)))))
@@ -22,7 +19,6 @@ def transpose(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [ctx.em.Transpose(g, perm=[0] + inverse)]
 
 
-@rule("Concat")
 def concat(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em = ctx.em
     rank = ctx.rank(node.outputs[0])
@@ -43,7 +39,6 @@ def concat(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return pieces
 
 
-@rule("Split")
 def split(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x = ctx.em, node.inputs[0]
     axis = node.attributes.get_int("axis", 0) % ctx.rank(x)  # type: ignore[arg-type]
@@ -53,21 +48,13 @@ def split(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [em.Concat(*pieces, axis=axis + 1)] + [None] * (len(node.inputs) - 1)
 
 
-@rule("Slice")
 def slice_(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # Scatter back with zeros: Pad for unit steps, zero-interleaving for larger ones.
     em, x = ctx.em, node.inputs[0]
     rank = ctx.rank(x)  # type: ignore[arg-type]
-    if ctx.opset < 10:
-        starts = list(node.attributes.get_ints("starts"))
-        ends = list(node.attributes.get_ints("ends"))
-        axes = list(node.attributes.get_ints("axes", list(range(len(starts)))))
-        steps = [1] * len(starts)
-    else:
-        starts = [int(v) for v in ctx.const(node, 1)]  # type: ignore[union-attr]
-        ends = [int(v) for v in ctx.const(node, 2)]  # type: ignore[union-attr]
-        axes = [int(v) for v in ctx.const(node, 3, default=list(range(len(starts))))]  # type: ignore[union-attr]
-        steps = [int(v) for v in ctx.const(node, 4, default=[1] * len(starts))]  # type: ignore[union-attr]
+    starts, ends = ctx.ints(node, "starts") or [], ctx.ints(node, "ends") or []
+    axes = ctx.ints(node, "axes") or list(range(len(starts)))
+    steps = ctx.ints(node, "steps") or [1] * len(starts)
     out_dims = ctx.dims(node.outputs[0])
     for start, end, axis, step in zip(starts, ends, axes, steps):
         axis %= rank
@@ -109,7 +96,6 @@ def _place(ctx: Context, g: ir.Value, axis: int, first: int, length: int, size: 
     return em.pad(g, pads)
 
 
-@rule("Gather")
 def gather(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x = ctx.em, node.inputs[0]
     rank = ctx.rank(x)  # type: ignore[arg-type]
@@ -137,16 +123,15 @@ def gather(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [em.Transpose(moved, perm=[int(p) for p in np.argsort(last)]), None]
 
 
-@rule("Pad")
 def pad(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x = ctx.em, node.inputs[0]
     rank = ctx.rank(x)  # type: ignore[arg-type]
     mode = node.attributes.get_string("mode", "constant")
     if mode != "constant":
         raise ctx.fail(node, f"Pad mode '{mode}' (only constant padding is differentiated)")
-    pads = ctx.ints_attr_or_input(node, "pads", 1, since=11) or [0] * (2 * rank)
+    pads = ctx.ints(node, "pads") or [0] * (2 * rank)
     axes = list(range(rank))
-    if ctx.opset >= 18 and len(node.inputs) > 3 and node.inputs[3] is not None:
+    if len(node.inputs) > 3 and node.inputs[3] is not None:  # axes, an input from opset 18 on
         axes = [int(a) % rank for a in ctx.const(node, 3)]  # type: ignore[union-attr]
     begins, ends = [0] * rank, [0] * rank
     for i, a in enumerate(axes):
@@ -163,7 +148,6 @@ def pad(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [em.pad(g, back)] + [None] * (len(node.inputs) - 1)
 
 
-@rule("Tile")
 def tile(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # [K, r0*d0, r1*d1, ...] -> [K, r0, d0, r1, d1, ...] -> sum over the r axes.
     em, x = ctx.em, node.inputs[0]

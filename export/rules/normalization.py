@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from varrt.export.rules import rule
 from varrt.export.rules.context import Context
 
 
-@rule("BatchNormalization")
 def batch_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # Inference: an affine map per channel, y = x * scale / sqrt(var + eps) + shift.
     em, x, scale, var = ctx.em, node.inputs[0], node.inputs[1], node.inputs[4]
@@ -36,7 +34,6 @@ def _normalized_vjp(ctx: Context, x: ir.Value, g_hat: ir.Value, axes: list[int],
     return em.Mul(rstd, em.Sub(g_hat, term))
 
 
-@rule("InstanceNormalization")
 def instance_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x, scale = ctx.em, node.inputs[0], node.inputs[1]
     rank = ctx.rank(x)  # type: ignore[arg-type]
@@ -45,7 +42,6 @@ def instance_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [_normalized_vjp(ctx, x, em.Mul(g, gamma), list(range(2, rank)), eps), None, None]  # type: ignore[arg-type]
 
 
-@rule("LayerNormalization", since=17)
 def layer_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x, scale = ctx.em, node.inputs[0], node.inputs[1]
     rank = ctx.rank(x)  # type: ignore[arg-type]
@@ -55,7 +51,6 @@ def layer_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [gx] + [None] * (len(node.inputs) - 1)
 
 
-@rule("LRN")
 def lrn(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # y_c = x_c * d_c^-beta,  d_c = bias + alpha/size * sum_{j in window(c)} x_j^2, so
     # dL/dx_j = g_j d_j^-beta - 2 beta alpha/size x_j sum_{c: j in window(c)} g_c x_c d_c^(-beta-1).

@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from varrt.export.emitter import float_dtype
-from varrt.export.rules import rule
 from varrt.export.rules.context import Context
 from varrt.export.rules.separable import probe_matrix, separable_vjp
 from varrt.export.rules.spatial import Windows, transposed_to_input, windows
@@ -27,7 +26,6 @@ def _strided(ctx: Context, x: ir.Value, axis: int, start: int, count: int, step:
     return em.Reshape(first, em.ints([0] * axis + [count] + after))
 
 
-@rule("MaxPool")
 def max_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # For each kernel offset, compare the strided input slice with the pooled output (first match
     # wins, like PyTorch's argmax); scatter the masked cotangents back with one grouped
@@ -66,7 +64,6 @@ def max_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [ctx.from_rows(transposed_to_input(ctx, rows, em.const(weight), w, channels), g, node.inputs[0])]
 
 
-@rule("AveragePool")
 def average_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x = ctx.em, node.inputs[0]
     kernel = list(node.attributes.get_ints("kernel_shape"))
@@ -106,7 +103,6 @@ def _pool_probe(node: ir.Node, w: Windows):
     return make
 
 
-@rule("GlobalAveragePool")
 def global_average_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     x = node.inputs[0]
     spatial = ctx.static_dims(node, x, range(2, ctx.rank(x)))  # type: ignore[arg-type]
@@ -114,7 +110,6 @@ def global_average_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [ctx.em.Expand(share, ctx.with_classes(x, g))]  # type: ignore[arg-type]
 
 
-@rule("GlobalMaxPool")
 def global_max_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     x = node.inputs[0]
     return [spread_over_maxima(ctx, x, node.outputs[0], g, list(range(2, ctx.rank(x))))]  # type: ignore[arg-type]

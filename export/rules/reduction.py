@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-from varrt.export.rules import rule
 from varrt.export.rules.context import Context
 from varrt.export.rules.pooling import spread_over_maxima
 
-# Opset from which the op reads `axes` from its second input.
-_AXES_INPUT_SINCE = {"ReduceSum": 13, "ReduceMean": 18, "ReduceMax": 18}
-
-
 def _reduced_axes(ctx: Context, node: ir.Node) -> list[int]:
     rank = ctx.rank(node.inputs[0])  # type: ignore[arg-type]
-    axes = ctx.ints_attr_or_input(node, "axes", 1, _AXES_INPUT_SINCE[node.op_type])
+    axes = ctx.ints(node, "axes")
     if not axes:
         if node.attributes.get_int("noop_with_empty_axes", 0):
             return []
@@ -29,7 +24,6 @@ def _kept(ctx: Context, node: ir.Node, g: ir.Value, axes: list[int]) -> ir.Value
     return ctx.em.unsqueeze(g, [a + 1 for a in axes])
 
 
-@rule("ReduceSum", "ReduceMean")
 def reduce_sum_mean(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     x = node.inputs[0]
     axes = _reduced_axes(ctx, node)
@@ -40,7 +34,6 @@ def reduce_sum_mean(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [ctx.em.Expand(g, ctx.with_classes(x, g))] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
 
 
-@rule("ReduceMax")
 def reduce_max(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     x, y = node.inputs[0], node.outputs[0]
     axes = _reduced_axes(ctx, node)
@@ -49,23 +42,31 @@ def reduce_max(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [spread] + [None] * (len(node.inputs) - 1)
 
 
-def _softmax_axes(ctx: Context, node: ir.Node) -> list[int]:
-    """Cotangent axes Softmax normalises over: one axis from opset 13, all from `axis` on before."""
+def _softmax_axes(ctx: Context, node: ir.Node, coerced: bool) -> list[int]:
+    """Cotangent axes Softmax normalises over: its one axis from opset 13 on; before that the
+    input is coerced to 2-D at ``axis`` (default 1), so all axes from there on."""
     rank = ctx.rank(node.inputs[0])  # type: ignore[arg-type]
-    axis = node.attributes.get_int("axis", -1 if ctx.opset >= 13 else 1) % rank
-    axes = [axis] if ctx.opset >= 13 else list(range(axis, rank))
-    return [a + 1 for a in axes]
+    axis = node.attributes.get_int("axis", 1 if coerced else -1) % rank
+    return [a + 1 for a in (range(axis, rank) if coerced else [axis])]
 
 
-@rule("Softmax")
-def softmax(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, y = ctx.em, node.outputs[0]
-    inner = em.reduce_sum(em.Mul(g, y), _softmax_axes(ctx, node), keepdims=True)
-    return [em.Mul(y, em.Sub(g, inner))]
+def _softmax(coerced: bool):
+    def vjp(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+        em, y = ctx.em, node.outputs[0]
+        inner = em.reduce_sum(em.Mul(g, y), _softmax_axes(ctx, node, coerced), keepdims=True)
+        return [em.Mul(y, em.Sub(g, inner))]
+
+    return vjp
 
 
-@rule("LogSoftmax")
-def log_softmax(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, y = ctx.em, node.outputs[0]
-    total = em.reduce_sum(g, _softmax_axes(ctx, node), keepdims=True)
-    return [em.Sub(g, em.Mul(em.Exp(y), total))]
+def _log_softmax(coerced: bool):
+    def vjp(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+        em, y = ctx.em, node.outputs[0]
+        total = em.reduce_sum(g, _softmax_axes(ctx, node, coerced), keepdims=True)
+        return [em.Sub(g, em.Mul(em.Exp(y), total))]
+
+    return vjp
+
+
+softmax, softmax_coerced = _softmax(False), _softmax(True)
+log_softmax, log_softmax_coerced = _log_softmax(False), _log_softmax(True)

@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-from varrt.export.rules import rule
 from varrt.export.rules.context import Context
 from varrt.export.rules.separable import probe_matrix, separable_vjp
 
 
-@rule("Resize", "Upsample")
 def resize(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     x, y = node.inputs[0], node.outputs[0]
     rank = ctx.rank(x)  # type: ignore[arg-type]

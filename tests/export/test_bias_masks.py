@@ -1,4 +1,4 @@
-"""Guided ReLU masks in the bias form (export/bias_masks.py), taken with a batch fixed to 1.
+"""Guided ReLU masks in the bias form (export/passes/bias_masks.py), taken with a batch fixed to 1.
 
 References: masks computed by hand at the values where an inexact form would slip (0, the smallest
 denormal, just below and at the ReLU6 cap); torch autograd with a guided ReLU/ReLU6; the Mul form
@@ -61,7 +61,8 @@ def test_edge_values_give_exactly_the_hand_computed_mask() -> None:
          helper.make_node("Conv", ["y", "eye"], ["output"])],
         "edge", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, channels, 5, 5])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, channels, 5, 5])], [eye, low, high])
-    proto = vjp_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), guided=True)
+    proto = vjp_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8),
+                      modified_backward="guided", target="onnxruntime-cpu")
     assert _bias_form_convs(proto) == 3  # the path under test: two for "y > 0", one for "y < 6"
 
     g = rng.normal(size=(3, *x.shape)).astype(np.float32)
@@ -114,7 +115,8 @@ def test_guided_block_with_batch_one_matches_torch() -> None:
     model = _Block().eval()
     rng = np.random.default_rng(1)
     x = (rng.standard_normal((1, 16, 12, 12)) * 2).astype(np.float32)
-    proto = vjp_model(_fixed_batch(tm.export_torchscript(model, (16, 12, 12))), guided=True)
+    proto = vjp_model(_fixed_batch(tm.export_torchscript(model, (16, 12, 12))), modified_backward="guided",
+                      target="onnxruntime-cpu")
     # scaling convs: 3 per ReLU6 (2 for y > 0, 1 for y < 6), 2 per uncapped ReLU. Backward order:
     # the project's ReLU6, the depthwise's ReLU, then expand's ReLU6 once per stride phase (its
     # cotangent comes from the strided depthwise as 4 phases)
@@ -140,7 +142,7 @@ def demo_graphs() -> tuple[onnx.ModelProto, onnx.ModelProto]:
 
     model = str(demo_model_path())
     return (export.explain_graph(model, "guided_backprop", classes="top4+min"),
-            export.explain_graph(model, "guided_backprop", classes="top4+min", batch=1))
+            export.explain_graph(model, "guided_backprop", classes="top4+min", batch=1, target="onnxruntime-cpu"))
 
 
 def test_bundled_effnet_bias_form_equals_mul_form(demo_graphs) -> None:

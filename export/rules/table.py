@@ -1,0 +1,157 @@
+"""The VJP rule table: every op varrt differentiates, its rule, its opsets and its family.
+
+One row per op and opset range (the range where the op's semantics are those the rule assumes).
+A rule is ``rule(ctx, node, g) -> list``: given the forward node and the cotangent ``g`` of its
+first output (``ctx.output_cotangents`` holds all of them, None where nothing flows), it returns
+one entry per node input: a cotangent [K, *input.shape], ``ZERO`` when no gradient flows, or
+``None`` for an input the rule does not differentiate (weights, shapes, indices). Rules are the
+math only; runtime tuning happens in export/passes/ after the backward.
+
+A family says how the modified-backward methods treat its ops, so an op added to a family gets
+its treatment without touching the rule: guided backprop (Springenberg et al.) hands every
+rectifier only the positive part of its cotangent, as pytorch-grad-cam's and Captum's guided
+ReLU backward do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx_ir as ir
+from varrt.export.rules import activation as act
+from varrt.export.rules import arithmetic as ar
+from varrt.export.rules import layout as lay
+from varrt.export.rules import linear as lin
+from varrt.export.rules import normalization as norm
+from varrt.export.rules import pooling as pool
+from varrt.export.rules import reduction as red
+from varrt.export.rules import resize as rsz
+from varrt.export.rules.context import Context
+
+Rule = Callable[[Context, ir.Node, Any], list]
+# A modified backward: the cotangent the family's rule is handed instead of the true one.
+Modifier = Callable[[Context, ir.Node, ir.Value], ir.Value]
+
+
+def _positive_part(ctx: Context, node: ir.Node, g: ir.Value) -> ir.Value:
+    # Clip rectifies only with a lower bound of 0 (ReLU6); Clip(-1, 1) is a plain saturation.
+    if node.op_type == "Clip" and act.clip_bounds(ctx, node)[0] != 0.0:
+        return g
+    return ctx.em.Relu(g)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    modifiers: Mapping[str, Modifier] = field(default_factory=dict)  # modified backward -> cotangent
+
+
+AFFINE = Family("affine")  # weighted sums of the input: Conv, Gemm, MatMul
+LINEAR = Family("linear")  # fixed linear maps: sums, means, pooling averages, resizing
+SHAPE = Family("shape")  # moves elements without changing them
+ELEMENTWISE = Family("elementwise")  # smooth pointwise functions and products
+RECTIFIER = Family("rectifier", {"guided": _positive_part})  # ReLU-like activations
+SELECTION = Family("selection")  # routes the cotangent to the chosen element (max, where)
+NORMALIZATION = Family("normalization")  # statistics over axes: norms, softmax, LRN
+CONSTANT = Family("constant")  # piecewise constant: zero derivative
+
+MODIFIED_BACKWARDS = ("guided",)
+
+
+@dataclass(frozen=True)
+class Row:
+    op: str
+    rule: Rule
+    family: Family
+    opsets: tuple[int, int | None] = (1, None)  # first and last opset of these semantics
+
+
+RULES: tuple[Row, ...] = (
+    Row("Abs", act.absolute, ELEMENTWISE),
+    Row("Add", ar.add, LINEAR),
+    Row("AveragePool", pool.average_pool, LINEAR),
+    Row("BatchNormalization", norm.batch_norm, AFFINE),
+    Row("Cast", ar.cast, SHAPE),
+    Row("Ceil", ar.zero, CONSTANT),
+    Row("Clip", act.clip, RECTIFIER),
+    Row("Concat", lay.concat, SHAPE),
+    Row("Conv", lin.conv, AFFINE),
+    Row("Div", ar.div, ELEMENTWISE),
+    Row("Dropout", ar.dropout, SHAPE),
+    Row("Elu", act.leaky_relu, RECTIFIER),
+    Row("Erf", act.erf, ELEMENTWISE),
+    Row("Exp", act.exp, ELEMENTWISE),
+    Row("Expand", ar.expand, SHAPE),
+    Row("Flatten", lay.reshape, SHAPE),
+    Row("Floor", ar.zero, CONSTANT),
+    Row("Gather", lay.gather, SHAPE),
+    Row("Gelu", act.gelu, ELEMENTWISE, (20, None)),
+    Row("Gemm", lin.gemm, AFFINE),
+    Row("GlobalAveragePool", pool.global_average_pool, LINEAR),
+    Row("GlobalMaxPool", pool.global_max_pool, SELECTION),
+    Row("HardSigmoid", act.hard_sigmoid, ELEMENTWISE),
+    Row("HardSwish", act.hard_swish, ELEMENTWISE, (14, None)),
+    Row("Identity", ar.identity, SHAPE),
+    Row("InstanceNormalization", norm.instance_norm, NORMALIZATION),
+    Row("LayerNormalization", norm.layer_norm, NORMALIZATION, (17, None)),
+    Row("LeakyRelu", act.leaky_relu, RECTIFIER),
+    Row("Log", act.log, ELEMENTWISE),
+    Row("LogSoftmax", red.log_softmax_coerced, NORMALIZATION, (1, 12)),  # 2-D coercion at axis
+    Row("LogSoftmax", red.log_softmax, NORMALIZATION, (13, None)),
+    Row("LRN", norm.lrn, NORMALIZATION),
+    Row("MatMul", lin.matmul, AFFINE),
+    Row("Max", ar.extremum, SELECTION),
+    Row("MaxPool", pool.max_pool, SELECTION),
+    Row("Mean", ar.mean, LINEAR),
+    Row("Min", ar.extremum, SELECTION),
+    Row("Mul", ar.mul, ELEMENTWISE),
+    Row("Neg", ar.neg, LINEAR),
+    Row("Pad", lay.pad, SHAPE),
+    Row("Pow", ar.power, ELEMENTWISE),
+    Row("PRelu", act.prelu, RECTIFIER),
+    Row("Reciprocal", act.reciprocal, ELEMENTWISE),
+    Row("ReduceMax", red.reduce_max, SELECTION),
+    Row("ReduceMean", red.reduce_sum_mean, LINEAR),
+    Row("ReduceSum", red.reduce_sum_mean, LINEAR),
+    Row("Relu", act.relu, RECTIFIER),
+    Row("Reshape", lay.reshape, SHAPE),
+    Row("Resize", rsz.resize, LINEAR, (10, None)),
+    Row("Round", ar.zero, CONSTANT, (11, None)),
+    Row("Sigmoid", act.sigmoid, ELEMENTWISE),
+    Row("Sign", ar.zero, CONSTANT, (9, None)),
+    Row("Slice", lay.slice_, SHAPE),
+    Row("Softmax", red.softmax_coerced, NORMALIZATION, (1, 12)),  # 2-D coercion at axis
+    Row("Softmax", red.softmax, NORMALIZATION, (13, None)),
+    Row("Softplus", act.softplus, ELEMENTWISE),
+    Row("Split", lay.split, SHAPE),
+    Row("Sqrt", act.sqrt, ELEMENTWISE),
+    Row("Squeeze", lay.reshape, SHAPE),
+    Row("Sub", ar.sub, LINEAR),
+    Row("Sum", ar.add, LINEAR),
+    Row("Tanh", act.tanh, ELEMENTWISE),
+    Row("Tile", lay.tile, SHAPE),
+    Row("Transpose", lay.transpose, SHAPE),
+    Row("Unsqueeze", lay.reshape, SHAPE),
+    Row("Upsample", rsz.resize, LINEAR, (7, None)),
+    Row("Where", ar.where, SELECTION, (9, None)),
+)
+
+
+def lookup(op_type: str, opset: int) -> Row | None:
+    """The row for ``op_type`` at ``opset``, or None."""
+    for row in RULES:
+        first, last = row.opsets
+        if row.op == op_type and first <= opset and (last is None or opset <= last):
+            return row
+    return None
+
+
+def modified(row: Row, backward: str | None) -> Modifier | None:
+    """How the modified backward ``backward`` (None: the true gradient) treats ``row``'s op."""
+    if backward is None:
+        return None
+    if backward not in MODIFIED_BACKWARDS:
+        raise ValueError(f"unknown modified backward '{backward}'")
+    return row.family.modifiers.get(backward)
