@@ -24,11 +24,13 @@ from varrt.export.passes.graph import inferred_shapes, static_tail
 class SinkReshapes(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         inferred_shapes(model)
-        graph, changed = model.graph, False
-        for node in list(graph):
-            if node.graph is None:  # removed by an earlier rewrite in this sweep
-                continue
-            changed |= _rewrite(graph, node)
+        graph, changed, sweep = model.graph, False, True
+        while sweep:  # a rewrite can make another one possible (Reshape(Add) after the Add sank)
+            sweep = False
+            for node in list(graph):
+                if node.graph is not None:  # else removed by an earlier rewrite in this sweep
+                    sweep |= _rewrite(graph, node)
+            changed |= sweep
         if changed:
             ir.passes.common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=changed)
@@ -41,6 +43,8 @@ def _reshaped(value: ir.Value | None) -> ir.Node | None:
 
 
 def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
+    if not node.outputs[0].uses() and not node.outputs[0].is_graph_output():
+        return False  # dead: an earlier rewrite took its uses
     if node.op_type == "Reshape" and (inner := _reshaped(node.inputs[0])) is not None:
         if _has_zero(node.inputs[1]):  # a 0 copies a dim of the input, which would change
             return False
@@ -70,6 +74,7 @@ def _sink(graph: ir.Graph, node: ir.Node, reshape: ir.Node, inputs: list) -> Non
     ``inputs``, reshaped after."""
     inner = ir.Node("", node.op_type, inputs, num_outputs=1)
     inner.outputs[0].dtype = node.outputs[0].dtype
+    inner.outputs[0].shape = inputs[0].shape  # Relu, or an Add of two equal shapes
     outer = ir.Node("", "Reshape", [inner.outputs[0], reshape.inputs[1]], num_outputs=1)
     graph.insert_before(node, [inner, outer])
     node.outputs[0].replace_all_uses_with(outer.outputs[0], replace_graph_outputs=True)
