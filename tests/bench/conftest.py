@@ -3,18 +3,22 @@
 import numpy as np
 import onnx
 import pytest
-from bench_models import COLOURS, color_classifier, tiny_classifier
+import testbed
+from bench_models import COLOURS
+
+TINY_SIZE = 16
 
 
 @pytest.fixture
 def tiny_model():
-    return tiny_classifier()
+    """testbed.tiny_cnn at 16x16 with preset 'none': three layers with weights (conv1, conv2, fc)."""
+    return testbed.tiny_cnn(size=TINY_SIZE, opset=17, preset="none")
 
 
 @pytest.fixture
-def tiny_model_path(tmp_path):
+def tiny_model_path(tmp_path, tiny_model):
     path = tmp_path / "tiny.onnx"
-    onnx.save(tiny_classifier(), path)
+    onnx.save(tiny_model, path)
     return path
 
 
@@ -24,7 +28,7 @@ def colour_setup(tmp_path):
     from PIL import Image
 
     model_path = tmp_path / "colours.onnx"
-    onnx.save(color_classifier(), model_path)
+    onnx.save(testbed.colour_classifier(), model_path)
     photos = tmp_path / "photos"
     photos.mkdir()
     rng = np.random.default_rng(0)

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import onnx
 import pytest
+import testbed
 from bench_models import FakeExplanation
-from onnx import TensorProto, helper, numpy_helper
 from varrt.bench import cli, metrics
 from varrt.bench import insertion_deletion as idl
 
@@ -16,26 +16,8 @@ SIZE = 8
 
 def linear_classifier(weights: np.ndarray, softmax: bool = False) -> onnx.ModelProto:
     """Two classes: logit 0 = <weights, x>, logit 1 = 0; so p(class 0) = sigmoid(<weights, x>)."""
-    channels, height, width = weights.shape
-    fc = np.stack([weights.ravel(), np.zeros(weights.size)]).astype(np.float32)
-    nodes = [
-        helper.make_node("Flatten", ["input"], ["flat"], name="flatten"),
-        helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["scores" if softmax else "logits"], transB=1, name="fc"),
-    ]
-    if softmax:
-        nodes.append(helper.make_node("Softmax", ["scores"], ["logits"], axis=1, name="softmax"))
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", channels, height, width])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])],
-        [numpy_helper.from_array(fc, "fc.w"), numpy_helper.from_array(np.zeros(2, np.float32), "fc.b")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"varrt.preset": "none"})
-    onnx.checker.check_model(model)
-    return model
+    fc = np.stack([weights.ravel(), np.zeros(weights.size)], axis=1)
+    return testbed.linear_classifier(fc, np.zeros(2), weights.shape, softmax=softmax, preset="none")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests (helpers live in reliability_models, a uniquely named module)."""
+"""Fixtures of the reliability tests (the tiny models and helpers are in tests/testbed.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-import reliability_models as models
+import testbed as models
 
 
 @pytest.fixture

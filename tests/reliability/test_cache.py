@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import onnx
 import pytest
-import reliability_models as models
+import testbed as models
 from varrt.cache import CHECKSUM_METADATA, KEY_METADATA, GraphCache, verify_checksum
 from varrt.explainer import Explainer
 

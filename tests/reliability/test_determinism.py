@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import reliability_models as models
+import testbed as models
 from varrt.explainer import Explainer
 from varrt.export import explain_graph
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import reliability_models as models
+import testbed as models
 from onnx import TensorProto, helper
 from varrt.core.errors import ModelError, UnsupportedOpError, UsageError
 from varrt.explainer import Explainer

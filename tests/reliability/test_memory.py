@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import reliability_models as models
+import testbed as models
 from varrt.explainer import Explainer
 
 _CHILD = """

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import onnx
 import pytest
-import reliability_models as models
+import testbed as models
 from varrt.explainer import Explainer
 
 
