@@ -1,20 +1,19 @@
 """Backends: the shared input checks, ONNX Runtime on the CPU, the CUDA binding plan, selection.
 
-The explanation graphs here are built by hand with onnx.helper and follow the graph contract
-(inputs: the model's input + ``class_ids``, or in-graph class choice; outputs: ``logits``,
-``attributions``, ``class_ids``), for a linear classifier whose attributions are known exactly:
+The explanation graphs here come from the real exporter, for the linear classifier of
+tests/testbed.py, whose outputs are known exactly: logits = flatten(x) @ W + b and
 d logit_k / d x = W[:, k].
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
 import threading
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+import testbed
 from varrt.backends import BACKENDS, choose_backend, create_backend
 from varrt.backends.base import TensorSpec, resolve_output_shapes, tensor_specs
 from varrt.backends.onnxruntime import (
@@ -28,97 +27,34 @@ from varrt.backends.onnxruntime import (
 )
 from varrt.backends.select import parse_device
 from varrt.core.errors import UsageError
+from varrt.export import explain_graph
 
 SHAPE = (3, 4, 4)  # C, H, W
 NUM_CLASSES = 7
+WEIGHTS, BIAS = testbed.linear_weights(SHAPE, NUM_CLASSES)
 
 
-def linear_weights(seed=0, shape=SHAPE, num_classes=NUM_CLASSES):
-    rng = np.random.default_rng(seed)
-    size = int(np.prod(shape))
-    return rng.normal(size=(size, num_classes)).astype(np.float32), rng.normal(size=num_classes).astype(
-        np.float32
-    )
+def explanation_graph(classes=None):
+    """The exporter's gradient graph of the linear classifier (``class_ids`` an input, or chosen by
+    the rule ``classes`` inside the graph)."""
+    return explain_graph(testbed.linear_classifier(WEIGHTS, BIAS, SHAPE), "gradient", classes=classes)
 
 
-def linear_classifier(weights, bias, shape=SHAPE, batch="N"):
-    """logits = flatten(x) @ W + b, as an ONNX classifier with a dynamic batch."""
-    nodes = [
-        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-        helper.make_node("Gemm", ["flat", "W", "b"], ["logits"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, *shape])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, weights.shape[1]])],
-        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-
-
-def linear_explanation_graph(weights=None, bias=None, shape=SHAPE, classes=None, batch="N"):
-    """The explanation graph of ``linear_classifier`` for the gradient method.
-
-    ``classes`` None: ``class_ids`` is an input; "topK" / "topK+min": chosen in the graph (TopK,
-    ArgMin) and returned as an output.
-    """
-    if weights is None:
-        weights, bias = linear_weights()
-    num_classes = weights.shape[1]
-    nodes = [
-        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-        helper.make_node("Gemm", ["flat", "W", "b"], ["logits"]),
-    ]
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, *shape])]
-    init = [
-        numpy_helper.from_array(weights, "W"),
-        numpy_helper.from_array(bias, "b"),
-        numpy_helper.from_array(np.ascontiguousarray(weights.T), "WT"),
-        numpy_helper.from_array(np.array([0, 0, *shape], dtype=np.int64), "attr_shape"),
-    ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, num_classes])]
-    if classes is None:
-        inputs.append(helper.make_tensor_value_info("class_ids", TensorProto.INT64, [batch, "K"]))
-        k = "K"
-    else:
-        top = int(classes[3:].split("+")[0])
-        k = top + int(classes.endswith("+min"))
-        init.append(numpy_helper.from_array(np.array([top], dtype=np.int64), "top"))
-        nodes.append(helper.make_node("TopK", ["logits", "top"], ["top_values", "top_ids"], axis=1, sorted=1))
-        if classes.endswith("+min"):
-            nodes.append(helper.make_node("ArgMin", ["logits"], ["min_id"], axis=1, keepdims=1))
-            nodes.append(helper.make_node("Concat", ["top_ids", "min_id"], ["class_ids"], axis=1))
-        else:
-            nodes.append(helper.make_node("Identity", ["top_ids"], ["class_ids"]))
-        outputs.append(helper.make_tensor_value_info("class_ids", TensorProto.INT64, [batch, k]))
-    nodes += [
-        helper.make_node("Gather", ["WT", "class_ids"], ["rows"], axis=0),  # [N, K, D]
-        helper.make_node("Reshape", ["rows", "attr_shape"], ["attributions"]),
-    ]
-    outputs.insert(1, helper.make_tensor_value_info("attributions", TensorProto.FLOAT, [batch, k, *shape]))
-    graph = helper.make_graph(nodes, "linear_explained", inputs, outputs, init)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.checker.check_model(model)
-    return model
-
-
-def reference_outputs(images, class_ids, weights, bias, shape=SHAPE):
-    logits = images.reshape(len(images), -1) @ weights + bias
-    attributions = weights.T[class_ids].reshape(*class_ids.shape, *shape)
+def reference_outputs(images, class_ids):
+    logits = images.reshape(len(images), -1).astype(np.float64) @ WEIGHTS + BIAS
+    attributions = WEIGHTS.T[class_ids].reshape(*class_ids.shape, *SHAPE)
     return logits, attributions
 
 
 def run_backend_against_reference(name, graph, batch=3):
     """Run backend ``name`` on ``graph`` (class_ids input) and compare with NumPy."""
-    weights, bias = linear_weights()
     rng = np.random.default_rng(1)
     images = rng.normal(size=(batch, *SHAPE)).astype(np.float32)
     ids = rng.integers(0, NUM_CLASSES, size=(batch, 4))
     with create_backend(name, graph, batch_size=8) as backend:
         outputs = backend.run({"input": images, "class_ids": ids})
         to_numpy = (lambda a: a.get()) if backend.on_device else np.asarray
-        logits, attributions = reference_outputs(images, ids, weights, bias)
+        logits, attributions = reference_outputs(images, ids)
         np.testing.assert_allclose(to_numpy(outputs["logits"]), logits, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(to_numpy(outputs["attributions"]), attributions, rtol=1e-6)
 
@@ -127,7 +63,7 @@ def run_backend_against_reference(name, graph, batch=3):
 
 
 def test_tensor_specs_read_dims():
-    specs = tensor_specs(linear_explanation_graph().graph.input)
+    specs = tensor_specs(explanation_graph().graph.input)
     assert specs == [
         TensorSpec("input", np.dtype(np.float32), ("N", *SHAPE)),
         TensorSpec("class_ids", np.dtype(np.int64), ("N", "K")),
@@ -135,11 +71,11 @@ def test_tensor_specs_read_dims():
 
 
 def test_cpu_backend_matches_numpy():
-    run_backend_against_reference("onnxruntime-cpu", linear_explanation_graph())
+    run_backend_against_reference("onnxruntime-cpu", explanation_graph())
 
 
 def test_feeds_are_checked_before_running():
-    backend = OnnxRuntimeCPUBackend(linear_explanation_graph())
+    backend = OnnxRuntimeCPUBackend(explanation_graph())
     good = {"input": np.zeros((2, *SHAPE), np.float32), "class_ids": np.zeros((2, 3), np.int64)}
     with pytest.raises(UsageError, match=r"missing \['class_ids'\]"):
         backend.run({"input": good["input"]})
@@ -159,7 +95,7 @@ def test_feeds_are_checked_before_running():
 
 
 def test_context_manager_loads_and_closes():
-    with OnnxRuntimeCPUBackend(linear_explanation_graph()) as backend:
+    with OnnxRuntimeCPUBackend(explanation_graph()) as backend:
         assert backend._session is not None
     assert backend._session is None
     with pytest.raises(UsageError, match="closed"):
@@ -167,8 +103,7 @@ def test_context_manager_loads_and_closes():
 
 
 def test_cpu_backend_is_thread_safe():
-    weights, bias = linear_weights()
-    backend = OnnxRuntimeCPUBackend(linear_explanation_graph(), threads=1)
+    backend = OnnxRuntimeCPUBackend(explanation_graph(), threads=1)
     results, errors = {}, []
 
     def work(seed):
@@ -178,7 +113,7 @@ def test_cpu_backend_is_thread_safe():
         try:
             for _ in range(20):
                 out = backend.run({"input": images, "class_ids": ids})
-            results[seed] = (out, reference_outputs(images, ids, weights, bias))
+            results[seed] = (out, reference_outputs(images, ids))
         except Exception as error:  # pragma: no cover - reported below
             errors.append(error)
 
@@ -209,22 +144,22 @@ def test_cpu_session_options():
 
 
 def test_output_shapes_resolve_from_inputs():
-    graph = linear_explanation_graph()
+    graph = explanation_graph()
     ins, outs = tensor_specs(graph.graph.input), tensor_specs(graph.graph.output)
     shapes = resolve_output_shapes(ins, {"input": (2, *SHAPE), "class_ids": (2, 5)}, outs)
     assert shapes == {"logits": (2, NUM_CLASSES), "attributions": (2, 5, *SHAPE)}
 
 
 def test_binding_plan_preallocates_known_outputs():
-    graph = linear_explanation_graph(classes="top4+min")
+    graph = explanation_graph()
     ins, outs = tensor_specs(graph.graph.input), tensor_specs(graph.graph.output)
-    plan = binding_plan(ins, outs, {"input": (3, *SHAPE)})
+    plan = binding_plan(ins, outs, {"input": (3, *SHAPE), "class_ids": (3, 5)})
     f32, i64 = np.dtype(np.float32), np.dtype(np.int64)
     assert plan == [
         Binding("input", "input", f32, (3, *SHAPE)),
+        Binding("class_ids", "input", i64, (3, 5)),
         Binding("logits", "output", f32, (3, NUM_CLASSES)),
         Binding("attributions", "output", f32, (3, 5, *SHAPE)),
-        Binding("class_ids", "output", i64, (3, 5)),
     ]
 
 
@@ -248,31 +183,36 @@ def test_cuda_provider_options_share_the_stream():
 
 @pytest.mark.skipif(cuda_unavailable_reason() is not None, reason=str(cuda_unavailable_reason()))
 def test_cuda_backend_runs_on_device():  # pragma: no cover - needs onnxruntime-gpu and a GPU
-    run_backend_against_reference("onnxruntime-cuda", linear_explanation_graph())
-    run_backend_against_reference("onnxruntime-cuda", linear_explanation_graph(batch=None))
+    run_backend_against_reference("onnxruntime-cuda", explanation_graph())
 
 
 # --- selection --------------------------------------------------------------------------------------
 
 
-def test_auto_falls_back_to_cpu_here():
-    expected = "onnxruntime-cpu" if cuda_unavailable_reason() else "onnxruntime-cuda"
-    from varrt.backends.tensorrt import tensorrt_unavailable_reason
-
-    if tensorrt_unavailable_reason() is None:  # pragma: no cover - GPU machines
-        expected = "tensorrt"
-    assert choose_backend("auto", "auto") == expected
+def test_auto_picks_the_first_backend_that_can_run_here():
+    # What can run is decided independently of varrt (imports and device counts, testbed).
+    runnable = testbed.runnable_backends()
+    assert choose_backend("auto", "auto") == runnable[0]
+    gpu = [name for name in runnable if name != "onnxruntime-cpu"]
+    assert choose_backend("onnxruntime", "auto") == ("onnxruntime-cuda" if "onnxruntime-cuda" in gpu else
+                                                     "onnxruntime-cpu")
     assert choose_backend("auto", "cpu") == "onnxruntime-cpu"
     assert choose_backend("onnxruntime", "cpu") == "onnxruntime-cpu"
     assert choose_backend("cpu") == "onnxruntime-cpu"
-    assert set(BACKENDS) == {"tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"}
+    for name in gpu:
+        assert choose_backend(name) == name
+    assert BACKENDS == ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")  # the order "auto" tries
 
 
-@pytest.mark.skipif(cuda_unavailable_reason() is None, reason="a CUDA onnxruntime is installed here")
-def test_explicit_gpu_backends_name_what_is_missing():
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_tensorrt_asked_for_without_tensorrt_names_what_is_missing():
     with pytest.raises(UsageError, match="backend tensorrt is not available: TensorRT not installed"):
         choose_backend("tensorrt")
-    with pytest.raises(UsageError, match="onnxruntime-cuda is not available: .*CUDAExecutionProvider"):
+
+
+@pytest.mark.skipif(testbed.runnable_backends() != ["onnxruntime-cpu"], reason="a GPU backend can run here")
+def test_explicit_gpu_backends_name_what_is_missing():
+    with pytest.raises(UsageError, match="onnxruntime-cuda is not available: "):
         choose_backend("onnxruntime-cuda")
     with pytest.raises(UsageError, match="device 'cuda' asked for, but no GPU backend can run"):
         choose_backend("auto", "cuda:0")

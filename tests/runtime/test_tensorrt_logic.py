@@ -165,6 +165,6 @@ def test_io_plan_binds_by_name():
 
 @pytest.mark.skipif(tensorrt_unavailable_reason() is not None, reason=str(tensorrt_unavailable_reason()))
 def test_tensorrt_engine_runs():  # pragma: no cover - needs TensorRT and a GPU
-    from test_backends import linear_explanation_graph, run_backend_against_reference
+    from test_backends import explanation_graph, run_backend_against_reference
 
-    run_backend_against_reference("tensorrt", linear_explanation_graph())
+    run_backend_against_reference("tensorrt", explanation_graph())

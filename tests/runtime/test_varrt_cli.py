@@ -1,8 +1,9 @@
 """The `varrt` command line: help, errors, and explain/export/demo end to end.
 
-The first group runs `varrt explain` in-process with a stand-in Explainer, so file formats,
-layout and errors are checked fast and without the exporter; the second runs the real commands
-in a subprocess on the bundled model and photos.
+The first group runs `varrt explain` in-process with the real Explainer on tiny models whose
+attributions are known in closed form (tests/testbed.py), so file formats, options and numbers are
+checked together; the second runs the real commands in a subprocess, on tiny models and on the
+bundled model and photos.
 """
 
 from __future__ import annotations
@@ -15,22 +16,17 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+import testbed
 from PIL import Image
+from testbed import softmax, top_and_min, var_reference
 from varrt import cli, data
-from varrt.core.classes import parse_classes
-from varrt.explainer import Explanation
+from varrt.images import load_image, preprocessing_for
 
 
-def _varrt_command() -> list[str]:
-    script = Path(sys.executable).parent / "varrt"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "varrt.cli"]
-
-
-def run_varrt(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, VARRT_CACHE_DIR=str((cwd or Path.cwd()) / ".varrt-cache"))
-    return subprocess.run([*_varrt_command(), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+def run_varrt(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return testbed.run_varrt(*args, cwd=cwd)
 
 
 # --- help -----------------------------------------------------------------------------------------
@@ -58,14 +54,14 @@ def test_every_subcommand_and_option_is_documented():
     _check_documented("varrt", parser)
 
 
-def test_help_through_the_entry_point():
-    top = run_varrt("--help")
+def test_help_through_the_entry_point(tmp_path):
+    top = run_varrt("--help", cwd=tmp_path)
     assert top.returncode == 0
     for name in ("demo", "explain", "export"):
         assert name in top.stdout
-        sub = run_varrt(name, "--help")
+        sub = run_varrt(name, "--help", cwd=tmp_path)
         assert sub.returncode == 0 and f"usage: varrt {name}" in sub.stdout
-    version = run_varrt("--version")
+    version = run_varrt("--version", cwd=tmp_path)
     assert version.returncode == 0 and version.stdout.startswith("varrt ")
 
 
@@ -94,88 +90,104 @@ def test_optional_subcommand_module_is_skipped_when_absent():
     register(parser.add_subparsers(), argparse.ArgumentParser(add_help=False))  # no error
 
 
-# --- explain in-process with a stand-in Explainer --------------------------------------------------
-class FakeExplainer:
-    """Deterministic arrays of the shapes the real Explainer returns."""
+# --- explain in-process, the real Explainer on tiny models ------------------------------------------
+SHAPE = (3, 8, 8)
+NUM_CLASSES = 7
+W, B = testbed.linear_weights(SHAPE, NUM_CLASSES)
 
-    def __init__(self, model, method="guided_backprop", classes="top4+min", var=True, **options):
-        self.method = method
-        self.k = parse_classes(classes, var=var).k
-        self.var = var
-        self.backend_name = "fake"
-        FakeExplainer.last_options = dict(options, method=method, classes=classes, var=var)
 
-    def __call__(self, images, class_ids=None):
-        n, c, h, w = images.shape
-        logits = np.tile(np.arange(1000, dtype=np.float32), (n, 1)) / 100
-        probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-        ids = np.tile(np.array([999 - i for i in range(self.k)], np.int64), (n, 1))
-        cam = self.method == "gradcam"
-        shape = (n, self.k, h, w) if cam else (n, self.k, c, h, w)
-        attributions = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-        var = attributions * 0.5 if self.var else None
-        return Explanation(ids, logits, probabilities, attributions, var, self.method, "fake")
+def gradients(class_ids):
+    """d logit_k / d x of the linear model for each id in ``class_ids`` [K]: [K, *SHAPE]."""
+    return W.T[np.asarray(class_ids)].reshape(len(class_ids), *SHAPE)
+
+
+def preprocessed(photo: Path, model: Path) -> np.ndarray:
+    """What the model sees of ``photo``: varrt's preprocessing, tested in test_images.py."""
+    return load_image(photo, preprocessing_for(model))
 
 
 @pytest.fixture
-def fake_explainer(monkeypatch):
-    monkeypatch.setattr("varrt.explainer.Explainer", FakeExplainer)
-    return FakeExplainer
+def linear_setup(tmp_path):
+    """The linear classifier (preset 'none'), 7 labels and two photos of other sizes than 8x8."""
+    model = tmp_path / "linear.onnx"
+    onnx.save(testbed.linear_classifier(W, B, SHAPE, preset="none"), model)
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"thing {i}\n" for i in range(NUM_CLASSES)))
+    photos = [testbed.write_png(tmp_path / f"photo{i}.png", size=(12 + i, 10), seed=i) for i in range(2)]
+    return model, labels, photos
 
 
-def test_explain_writes_npz_and_png_per_image(tmp_path, fake_explainer, capsys):
-    photos = [str(p) for p in data.demo_images()[:2]]
+def test_explain_writes_npz_and_png_per_image(linear_setup, tmp_path, capsys):
+    model, labels, photos = linear_setup
     out = tmp_path / "out"
-    status = cli.main(["explain", str(data.demo_model_path()), *photos, "--out", str(out), "--batch-size", "1"])
-    assert status == 0
+    argv = ["explain", str(model), *map(str, photos), "--out", str(out), "--labels", str(labels), "--batch-size", "1"]
+    assert cli.main(argv) == 0
     for photo in photos:
-        stem = Path(photo).stem
-        with np.load(out / f"{stem}.npz") as saved:
-            assert saved["class_ids"].shape == (5,) and saved["class_ids"].dtype == np.int64
-            assert saved["probabilities"].shape == (5,)
-            assert saved["attributions"].shape == (5, 3, 224, 224)
-            assert saved["var"].shape == (5, 3, 224, 224)
-            assert saved["logits"].shape == (1000,)
-            assert saved["class_names"][0] == data.imagenet_labels()[999]
-        with Image.open(out / f"{stem}.png") as png:
+        x = preprocessed(photo, model)
+        logits = x.reshape(1, -1).astype(np.float64) @ W + B
+        ids = top_and_min(logits, 4)[0]
+        with np.load(out / f"{photo.stem}.npz") as saved:
+            np.testing.assert_array_equal(saved["class_ids"], ids)
+            assert saved["class_ids"].dtype == np.int64
+            assert list(saved["class_names"]) == [f"thing {i}" for i in ids]
+            np.testing.assert_allclose(saved["logits"], logits[0], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(saved["probabilities"], softmax(logits)[0, ids], rtol=1e-5)
+            # The default method is guided backprop: on a model without ReLUs, the gradient.
+            np.testing.assert_allclose(saved["attributions"], gradients(ids), rtol=1e-6)
+            np.testing.assert_allclose(saved["var"], var_reference(gradients(ids)[None])[0], rtol=1e-5, atol=1e-6)
+        with Image.open(out / f"{photo.stem}.png") as png:
             png.load()
-            assert png.format == "PNG" and png.width == 2 * 224 + 3 * 6
+            assert png.format == "PNG" and png.width == 2 * SHAPE[2] + 3 * 6
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     printed = capsys.readouterr().out
-    assert str(out.resolve()) in printed and "chelsea.jpg" in printed
+    assert str(out.resolve()) in printed and "photo1.png" in printed
 
 
-def test_explain_options_reach_the_explainer(tmp_path, fake_explainer):
-    photo = str(data.demo_images()[0])
-    argv = [
-        "explain",
-        str(data.demo_model_path()),
-        photo,
-        "-o",
-        str(tmp_path),
-        "--method",
-        "integrated_gradients",
-    ]
-    argv += ["--classes", "281,285", "--steps", "8", "--no-var", "--tau", "0.1", "--quiet", "--no-overlays"]
-    assert cli.main(argv) == 0
-    options = fake_explainer.last_options
-    assert options["classes"] == [281, 285] and options["steps"] == 8 and options["var"] is False
-    assert options["tau"] == 0.1 and "samples" not in options
-    with np.load(tmp_path / "chelsea.npz") as saved:
-        assert "var" not in saved and saved["attributions"].shape == (2, 3, 224, 224)
-    assert not (tmp_path / "chelsea.png").exists()
+def test_explain_options_reach_the_explainer(tmp_path):
+    """Integrated gradients on logits = flatten(x * x) @ W + b: with S right-Riemann steps the
+    attribution is x^2 W (S + 1) / S, so --steps shows in the numbers, as do --temperature, --tau,
+    --classes and --no-var."""
+    model = tmp_path / "square.onnx"
+    onnx.save(testbed.linear_classifier(W, B, SHAPE, square=True, preset="none"), model)
+    photo = testbed.write_png(tmp_path / "photo.png", size=(9, 9))
+    x = preprocessed(photo, model)
+    expected = x[None] ** 2 * gradients([1, 4]) * 9 / 8
+    argv = ["explain", str(model), str(photo), "-m", "integrated_gradients", "--classes", "1,4", "--steps", "8",
+            "--quiet", "--no-overlays"]
+    assert cli.main([*argv, "-o", str(tmp_path / "var"), "--temperature", "5", "--tau", "0.3"]) == 0
+    with np.load(tmp_path / "var" / "photo.npz") as saved:
+        np.testing.assert_array_equal(saved["class_ids"], [1, 4])
+        np.testing.assert_allclose(saved["attributions"], expected, rtol=1e-5, atol=1e-6)
+        var = var_reference(expected[None], temperature=5.0, tau=0.3)[0]
+        assert not np.allclose(var, var_reference(expected[None])[0])  # T and tau matter here
+        np.testing.assert_allclose(saved["var"], var, rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "var" / "photo.png").exists()
+    assert cli.main([*argv, "-o", str(tmp_path / "no-var"), "--no-var"]) == 0
+    with np.load(tmp_path / "no-var" / "photo.npz") as saved:
+        assert "var" not in saved
+        np.testing.assert_allclose(saved["attributions"], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_explain_cam_maps_and_directory_input_and_duplicate_names(tmp_path, fake_explainer):
+def test_explain_cam_maps_and_directory_input_and_duplicate_names(tmp_path):
+    """Grad-CAM of the colour classifier (identity 1x1 conv, ReLU, average pool, Gemm): the map of
+    class k is ReLU(sum_c fc[k, c] relu(x_c)) / (H W), at the input's own resolution."""
+    model = tmp_path / "colours.onnx"
+    onnx.save(testbed.colour_classifier(), model)
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()
         Image.new("RGB", (64, 48), (10, 200, 30)).save(tmp_path / folder / "same.png")
     out = tmp_path / "out"
-    argv = ["explain", str(data.demo_model_path()), str(tmp_path / "a"), str(tmp_path / "b" / "same.png")]
+    argv = ["explain", str(model), str(tmp_path / "a"), str(tmp_path / "b" / "same.png")]
     assert cli.main([*argv, "-o", str(out), "-m", "gradcam", "--classes", "top2", "-q"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["same.npz", "same.png", "same_2.npz", "same_2.png"]
-    with np.load(out / "same_2.npz") as saved:
-        assert saved["attributions"].shape == (2, 224, 224)
+    features = np.maximum(preprocessed(tmp_path / "a" / "same.png", model), 0)
+    logits = testbed.COLOUR_FC @ features.mean(axis=(1, 2)) + testbed.COLOUR_BIAS
+    ids = np.argsort(-logits)[:2]
+    cams = np.maximum(np.einsum("kc,chw->khw", testbed.COLOUR_FC[ids], features) / features[0].size, 0)
+    for name in ("same", "same_2"):
+        with np.load(out / f"{name}.npz") as saved:
+            np.testing.assert_array_equal(saved["class_ids"], ids)
+            np.testing.assert_allclose(saved["attributions"], cams, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -193,7 +205,7 @@ def test_explain_cam_maps_and_directory_input_and_duplicate_names(tmp_path, fake
         (["explain", "{model}", "{photo}", "-o", "{tmp}/o", "--labels", "{tmp}/none.txt"], 1, "labels"),
     ],
 )
-def test_bad_input_is_one_line_and_nonzero(tmp_path, fake_explainer, capsys, argv, status, message):
+def test_bad_input_is_one_line_and_nonzero(tmp_path, capsys, argv, status, message):
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     values = {"model": str(data.demo_model_path()), "photo": str(data.demo_images()[0]), "tmp": str(tmp_path)}
     assert cli.main([part.format(**values) for part in argv]) == status
@@ -219,7 +231,7 @@ def test_unexpected_exceptions_are_one_line_too(monkeypatch, capsys):
 
 
 def test_save_model_is_atomic_and_loadable(tmp_path):
-    proto = _tiny_classifier()
+    proto = testbed.tiny_cnn()
     target = tmp_path / "sub" / "m.onnx"
     cli.save_model(proto, target)
     onnx.checker.check_model(onnx.load(str(target)))
@@ -227,56 +239,64 @@ def test_save_model_is_atomic_and_loadable(tmp_path):
 
 
 # --- the real commands -----------------------------------------------------------------------------
-def _tiny_classifier() -> onnx.ModelProto:
-    rng = np.random.default_rng(0)
-    weights = {
-        "conv_w": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
-        "conv_b": rng.standard_normal(4).astype(np.float32),
-        "fc_w": rng.standard_normal((5, 4)).astype(np.float32),
-        "fc_b": rng.standard_normal(5).astype(np.float32),
-    }
-    nodes = [
-        helper.make_node("Conv", ["input", "conv_w", "conv_b"], ["conv"], pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["conv"], ["relu"]),
-        helper.make_node("GlobalAveragePool", ["relu"], ["pool"]),
-        helper.make_node("Flatten", ["pool"], ["flat"]),
-        helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
-        [numpy_helper.from_array(value, name) for name, value in weights.items()],
-    )
-    # IR 8 (the opset 17 era): onnx 1.23 would default to an IR version onnxruntime cannot load yet.
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+def run_graph(path: Path, images: np.ndarray, class_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """All outputs of an exported graph, run by ONNX Runtime; ``class_ids`` fed when it is an input."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {"input": images}
+    if "class_ids" in [value.name for value in session.get_inputs()]:
+        feeds["class_ids"] = class_ids
+    return dict(zip([value.name for value in session.get_outputs()], session.run(None, feeds), strict=True))
 
 
 def test_export_writes_an_explanation_graph(tmp_path):
-    model = tmp_path / "tiny.onnx"
-    onnx.save(_tiny_classifier(), str(model))
-    result = run_varrt(
-        "export",
-        str(model),
-        "-o",
-        str(tmp_path / "explain.onnx"),
-        "--method",
-        "gradient",
-        "--var",
-        cwd=tmp_path,
-    )
+    model = tmp_path / "linear.onnx"
+    onnx.save(testbed.linear_classifier(W, B, SHAPE), str(model))
+    result = run_varrt("export", str(model), "-o", "explain.onnx", "--method", "gradient", "--var", "--tau", "0.05",
+                       cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    graph = onnx.load(str(tmp_path / "explain.onnx"))
-    outputs = {value.name for value in graph.graph.output}
-    assert {"logits", "attributions", "var_attributions"} <= outputs
-    assert {value.name for value in graph.graph.input} >= {"input", "class_ids"}
     assert "explain.onnx" in result.stdout
+    graph = onnx.load(str(tmp_path / "explain.onnx"))
+    onnx.checker.check_model(graph)
+    assert [value.name for value in graph.graph.input] == ["input", "class_ids"]
+    assert [value.name for value in graph.graph.output] == ["logits", "attributions", "var_attributions"]
+    images = testbed.images(2, SHAPE)
+    ids = np.array([[0, 6, 3], [2, 2, 5]])
+    outputs = run_graph(tmp_path / "explain.onnx", images, ids)
+    np.testing.assert_allclose(outputs["logits"], images.reshape(2, -1) @ W + B, rtol=1e-5, atol=1e-5)
+    expected = np.stack([gradients(row) for row in ids])
+    np.testing.assert_allclose(outputs["attributions"], expected, rtol=1e-6)
+    np.testing.assert_allclose(outputs["var_attributions"], var_reference(expected, tau=0.05), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("spec", "top"), [("3", 3), ("top3", 3), ("top2+min", None)])
+def test_export_class_rules_choose_in_the_graph(tmp_path, spec, top):
+    model = tmp_path / "linear.onnx"
+    onnx.save(testbed.linear_classifier(W, B, SHAPE), str(model))
+    result = run_varrt("export", str(model), "-o", "explain.onnx", "-m", "gradient", "--classes", spec, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    images = testbed.images(4, SHAPE)
+    outputs = run_graph(tmp_path / "explain.onnx", images)
+    logits = images.reshape(4, -1).astype(np.float64) @ W + B
+    ids = top_and_min(logits, top, with_min=False) if top else top_and_min(logits, 2)
+    np.testing.assert_array_equal(outputs["class_ids"], ids)
+    np.testing.assert_allclose(outputs["attributions"], np.stack([gradients(row) for row in ids]), rtol=1e-6)
+
+
+def test_export_with_explicit_class_ids(tmp_path):
+    model = tmp_path / "linear.onnx"
+    onnx.save(testbed.linear_classifier(W, B, SHAPE), str(model))
+    result = run_varrt("export", str(model), "-o", "explain.onnx", "-m", "gradient", "--classes", "1,4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    images = testbed.images(2, SHAPE)
+    outputs = run_graph(tmp_path / "explain.onnx", images, np.array([[1, 4]] * 2))
+    if "class_ids" in outputs:
+        np.testing.assert_array_equal(outputs["class_ids"], [[1, 4]] * 2)
+    np.testing.assert_allclose(outputs["attributions"], np.stack([gradients([1, 4])] * 2), rtol=1e-6)
 
 
 def test_export_batch_fixes_the_batch_axis_and_is_checked(tmp_path):
     model = tmp_path / "tiny.onnx"
-    onnx.save(_tiny_classifier(), str(model))
+    onnx.save(testbed.tiny_cnn(), str(model))
     out = tmp_path / "explain.onnx"
     result = run_varrt("export", str(model), "-o", str(out), "-m", "guided_backprop", "--batch", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -289,7 +309,7 @@ def test_export_batch_fixes_the_batch_axis_and_is_checked(tmp_path):
 
 def test_export_unknown_method_is_a_usage_error(tmp_path):
     model = tmp_path / "tiny.onnx"
-    onnx.save(_tiny_classifier(), str(model))
+    onnx.save(testbed.tiny_cnn(), str(model))
     result = run_varrt("export", str(model), "-o", str(tmp_path / "x.onnx"), "--method", "nonsense", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("varrt: error:") and result.stderr.count("\n") == 1
@@ -374,11 +394,8 @@ def test_progress_bar_draws_only_on_terminals():
 
 
 def test_explain_fixed_class_ids_labels_and_preset_on_a_small_model(tmp_path):
-    model = _tiny_classifier()
-    for axis in (2, 3):
-        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_value = 40
-    onnx.save(model, str(tmp_path / "tiny40.onnx"))
-    (tmp_path / "labels.txt").write_text("".join(f"thing {i}\n" for i in range(5)))
+    onnx.save(testbed.tiny_cnn(size=40), str(tmp_path / "tiny40.onnx"))
+    (tmp_path / "labels.txt").write_text("".join(f"thing {i}\n" for i in range(testbed.CLASSES)))
     photos = [str(p) for p in data.demo_images()]
     result = run_varrt(
         "explain", "tiny40.onnx", *photos, "-o", "out", "-m", "gradient", "--classes", "0,3",
