@@ -71,8 +71,7 @@ def test_sanity_command(tiny_model_path, colour_setup, tmp_path, capsys, fake_ex
     assert (out / "sanity.png").exists() and (out / "sanity_maps.png").exists()
 
 
-def test_speed_command(tiny_model_path, tmp_path, capsys, fake_explainer):
-    fake_explainer(CellOracleExplainer)
+def test_speed_command(tiny_model_path, tmp_path, capsys):
     out = tmp_path / "speed"
     status = cli.main(
         [
@@ -98,7 +97,10 @@ def test_speed_command(tiny_model_path, tmp_path, capsys, fake_explainer):
     )
     assert status == 0
     assert "img/s b=2" in capsys.readouterr().out
-    assert json.loads((out / "speed.json").read_text())["results"][0]["method"] == "gradient"
+    report = json.loads((out / "speed.json").read_text())
+    assert [(row["method"], row["backend_name"]) for row in report["results"]] == [("gradient", "onnxruntime-cpu")]
+    assert report["settings"]["repeats"] == 2 and report["settings"]["batch_sizes"] == [2]
+    assert len(report["results"][0]["throughput_seconds"]["2"]) == 1
     assert not (out / "speed.png").exists()
 
 

@@ -67,20 +67,3 @@ def test_cli_gpg_and_sanity_end_to_end(colour_setup, tmp_path, capsys):
     assert report["depths"] == [0, 1, 2]
     assert report["similarity"]["gradient"]["base"]["ssim"][0] == pytest.approx(1.0)
     capsys.readouterr()
-
-
-def test_speed_report_on_a_tiny_model(tiny_model_path):
-    from varrt.bench import speed
-
-    report = speed.run_speed(
-        tiny_model_path,
-        ["gradient", "gradcam"],
-        ["onnxruntime-cpu"],
-        [4],
-        repeats=2,
-        throughput_repeats=1,
-        torch_reference=False,
-    )
-    assert json.loads(json.dumps(report)) == report
-    assert [row["backend_name"] for row in report["results"]] == ["onnxruntime-cpu"] * 2
-    assert all(row["latency_ms"]["median"] > 0 and row["throughput"]["4"] > 0 for row in report["results"])

@@ -1,39 +1,34 @@
-"""The speed bench writes well-formed reports (fake and real explainers, few repetitions)."""
+"""The speed bench: its timing loops, its reports (with the real Explainer on a tiny model), which
+backends it runs, and the side-by-side run against PyTorch + Captum."""
 
 import json
+import statistics
 
 import pytest
-from bench_models import CellOracleExplainer
+import testbed
 from varrt.bench import speed
 from varrt.core.errors import UsageError
 
 
-def _check_report(report, methods, batch_sizes):
-    text = json.dumps(report)  # plain JSON types only
-    assert json.loads(text) == report
-    assert report["settings"]["k"] == 5 and report["settings"]["batch_sizes"] == batch_sizes
-    flows = {row["flow"] for row in report["results"]}
-    assert {row["method"] for row in report["results"]} == set(methods)
-    assert len(report["results"]) == len(flows) * len(methods)
+def test_report_with_the_real_explainer(tiny_model_path):
+    report = speed.run_speed(tiny_model_path, ["gradient", "gradcam"], ["onnxruntime-cpu"], [2, 3], repeats=3,
+                             throughput_repeats=2, torch_reference=False)
+    assert json.loads(json.dumps(report)) == report  # plain JSON types only
+    assert report["settings"]["k"] == 5 and report["settings"]["batch_sizes"] == [2, 3]
+    assert report["settings"]["input_shape"] == [3, 16, 16]
+    assert [(row["flow"], row["method"], row["backend_name"]) for row in report["results"]] == [
+        ("onnxruntime-cpu", "gradient", "onnxruntime-cpu"),
+        ("onnxruntime-cpu", "gradcam", "onnxruntime-cpu"),
+    ]
     for row in report["results"]:
-        assert row["latency_ms"]["median"] > 0 and row["latency_ms"]["samples"] >= 1
-        assert row["latency_ms"]["min"] <= row["latency_ms"]["median"] <= row["latency_ms"]["p90"]
-        assert set(row["throughput"]) == {str(b) for b in batch_sizes}
-        assert all(rate > 0 for rate in row["throughput"].values())
-
-
-def test_report_with_a_fake_explainer(tiny_model_path):
-    report = speed.run_speed(
-        tiny_model_path,
-        ["gradient", "gradcam"],
-        ["onnxruntime-cpu"],
-        [4],
-        repeats=3,
-        throughput_repeats=2,
-        torch_reference=False,
-        explainer_factory=CellOracleExplainer,
-    )
-    _check_report(report, ["gradient", "gradcam"], [4])
+        latency = row["latency_ms"]
+        assert latency["samples"] == 3 and latency["min"] <= latency["median"] <= latency["p90"]
+        # Throughput is images per second of the median call, from the timings the report keeps.
+        for batch in ("2", "3"):
+            seconds = row["throughput_seconds"][batch]
+            assert len(seconds) == 2
+            assert row["throughput"][batch] == pytest.approx(int(batch) / statistics.median(seconds))
+    assert "ratios" not in report and not any(row["flow"] == speed.REFERENCE_FLOW for row in report["results"])
     headers, rows = speed.table(report)
     assert len(rows) == 2 and all(len(row) == len(headers) for row in rows)
 
@@ -54,10 +49,21 @@ def test_bad_settings_are_usage_errors(tiny_model_path):
         speed.run_speed(tiny_model_path, ["gradient"], repeats=0, torch_reference=False)
 
 
-def test_available_backends_include_the_cpu():
+def test_available_backends_are_what_can_run_here():
     usable, skipped = speed.available_backends()
-    assert "onnxruntime-cpu" in usable
-    assert all(isinstance(reason, str) and reason for reason in skipped.values())
+    assert usable == testbed.runnable_backends()  # decided independently of varrt
+    assert set(skipped) == {"tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"} - set(usable)
+    import importlib.util
+
+    import onnxruntime
+
+    # Each reason names the first thing missing.
+    if importlib.util.find_spec("tensorrt") is None:
+        assert skipped["tensorrt"] == "TensorRT not installed"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        assert "CUDAExecutionProvider" in skipped["onnxruntime-cuda"]
+    for name, reason in skipped.items():
+        assert reason.strip() and "\n" not in reason, name
 
 
 def test_side_by_side_flows_alternate_in_rounds():
@@ -78,6 +84,11 @@ def test_side_by_side_against_torch_runs():
     from varrt.bench import speed_reference
 
     result = speed_reference.run(repeats=2, warmup=1, compare=True, rounds=2)
-    assert len(result["speedup_per_round"]) == 2 and result["speedup"] > 0
+    # The speedup is the ratio of the two reported medians; with one call per round, the overall
+    # ratio (r1 + r2) / (v1 + v2) lies between the two rounds' ratios r1 / v1 and r2 / v2.
+    assert result["speedup"] == pytest.approx(result["latency_ms"]["median"] / result["varrt"]["latency_ms"]["median"])
+    assert len(result["speedup_per_round"]) == 2
+    assert min(result["speedup_per_round"]) * (1 - 1e-9) <= result["speedup"]
+    assert result["speedup"] <= max(result["speedup_per_round"]) * (1 + 1e-9)
     assert result["varrt"]["latency_ms"]["samples"] == result["latency_ms"]["samples"] == 2
     assert "speedup per round" in speed_reference.format_table(result)
