@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-import torch
-import torch_models as tm
-from torch import nn
 from varrt.export import explain_graph
 
-captum_attr = pytest.importorskip("captum.attr")
+torch = pytest.importorskip("torch", reason="PyTorch and Captum are the reference")
+captum_attr = pytest.importorskip("captum.attr", reason="Captum is the reference")
+import torch_models as tm  # noqa: E402
+from torch import nn  # noqa: E402
 
 REL_TOL = 1e-4
 

@@ -8,13 +8,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch_models as tm
 from onnx import TensorProto, helper, numpy_helper
-from test_foreign_models import IMAGE, quirky_cnn
 from varrt.export import METHODS, explain_graph
 from varrt.export.tensorrt_support import SUPPORTED, UNSUPPORTED, tensorrt_problems
 
 FAST_OPTIONS = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 4}}
+
+
+def _torch_models():
+    """tests/export/torch_models.py, imported only by the tests that run explanation graphs: it
+    imports torch, and the checker tests above them must run without it."""
+    pytest.importorskip("torch", reason="torch_models (models and ONNX Runtime helpers) imports torch")
+    import torch_models
+
+    return torch_models
 
 
 # ------------------------------------------------------------------------ the checker on bad graphs
@@ -229,7 +236,7 @@ def _explain_all(model: onnx.ModelProto, label: str, x: np.ndarray) -> None:
         if problems:
             failures.append(f"{label} / {method}:\n  " + "\n  ".join(problems))
             continue
-        out = tm.run_explanation(graph, x, ids, input_name=model.graph.input[0].name)
+        out = _torch_models().run_explanation(graph, x, ids, input_name=model.graph.input[0].name)
         spatial = x.shape[2:] if method == "gradcam" else x.shape[1:]
         assert out["attributions"].shape == (n, k, *spatial), (label, method, out["attributions"].shape)
         assert np.isfinite(out["attributions"]).all(), (label, method)
@@ -248,6 +255,7 @@ TORCH_CASES = [
 
 @pytest.mark.parametrize("name,exporter", TORCH_CASES, ids=[f"{m}-{e}" for m, e in TORCH_CASES])
 def test_explanation_graphs_parse_in_tensorrt(name: str, exporter: str) -> None:
+    tm = _torch_models()
     proto = tm.EXPORTERS[exporter](tm.TOY_MODELS[name](), tm.TOY_INPUT)
     assert tensorrt_problems(proto) == []  # the model itself is fine: any problem below is varrt's
     x, _ = tm.random_inputs(tm.TOY_INPUT, n=2)
@@ -256,6 +264,9 @@ def test_explanation_graphs_parse_in_tensorrt(name: str, exporter: str) -> None:
 
 @pytest.mark.parametrize("softmax", [False, True])
 def test_opset9_explanation_graphs_parse_in_tensorrt(softmax: bool) -> None:
+    _torch_models()
+    from test_foreign_models import IMAGE, quirky_cnn
+
     proto = quirky_cnn("N", softmax)
     assert tensorrt_problems(proto) == []
     x = np.random.default_rng(0).normal(size=(2, *IMAGE)).astype(np.float32)
