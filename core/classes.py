@@ -10,6 +10,11 @@ ClassSpec(rule='top4+min', ids=None, k=5)
 ClassSpec(rule='top3', ids=None, k=3)
 >>> parse_classes([281, 285])
 ClassSpec(rule=None, ids=(281, 285), k=2)
+
+The command line's text forms are the same specs: ``"3"`` is ``"top3"``, ``"281,285"`` the ids.
+
+>>> parse_classes("281,285").text
+'281,285'
 """
 
 from __future__ import annotations
@@ -25,9 +30,6 @@ from varrt.core.errors import UsageError
 # "top4+min": the 4 most likely classes, then the least likely one (the VAR paper's choice).
 _RULE = re.compile(r"top(\d+)(\+min)?")
 
-ClassesArg = str | int | Sequence[int]
-
-
 @dataclass(frozen=True)
 class ClassSpec:
     """A parsed class spec: exactly one of ``rule`` (canonical string) and ``ids`` is set."""
@@ -36,9 +38,18 @@ class ClassSpec:
     ids: tuple[int, ...] | None
     k: int
 
+    @property
+    def text(self) -> str:
+        """The spec as the command line writes it: ``"top4+min"`` or ``"281,285"``."""
+        return self.rule if self.rule is not None else ",".join(str(i) for i in self.ids or ())
 
-def parse_classes(classes: Any, *, var: bool = True) -> ClassSpec:
-    """Parse ``"topK"``, ``"topK+min"``, an int K (= ``"topK"``) or a list of class ids.
+
+ClassesArg = str | int | Sequence[int] | ClassSpec
+
+
+def parse_classes(classes: ClassesArg | np.ndarray, *, var: bool = True) -> ClassSpec:
+    """Parse ``"topK"``, ``"topK+min"``, an int K (= ``"topK"``) or a list of class ids; as text,
+    ``"K"`` and ``"id,id,..."`` too (the command line's ``--classes``). A ClassSpec is checked again.
 
     VAR compares attributions across classes, so it needs at least two (``var=True``).
 
@@ -49,27 +60,44 @@ def parse_classes(classes: Any, *, var: bool = True) -> ClassSpec:
     """
     if isinstance(classes, bool):
         raise UsageError(f"classes must be 'topK', 'topK+min', an int or a list of ids, not {classes!r}")
-    if isinstance(classes, (int, np.integer)):
+    if isinstance(classes, ClassSpec):
+        spec = classes
+    elif isinstance(classes, (int, np.integer)):
         spec = _rule_spec(int(classes), with_min=False, text=str(classes))
     elif isinstance(classes, str):
-        match = _RULE.fullmatch(classes.strip().lower())
-        if match is None:
-            raise UsageError(
-                f"unknown class spec {classes!r}: use 'topK', 'topK+min', an int K or a list of ids"
-            )
-        spec = _rule_spec(int(match.group(1)), with_min=match.group(2) is not None, text=classes)
+        spec = _parse_text(classes)
     elif isinstance(classes, (Sequence, np.ndarray)):
-        ids = tuple(_as_class_id(i) for i in np.asarray(classes).ravel().tolist())
-        if not ids:
-            raise UsageError("classes: the list of class ids is empty")
-        if len(set(ids)) != len(ids):
-            raise UsageError(f"classes: class ids must be distinct, got {list(ids)}")
-        spec = ClassSpec(rule=None, ids=ids, k=len(ids))
+        spec = _ids_spec([_as_class_id(i) for i in np.asarray(classes).ravel().tolist()])
     else:
         raise UsageError(f"classes must be 'topK', 'topK+min', an int or a list of ids, not {classes!r}")
     if var and spec.k < 2:
-        raise UsageError(f"classes {classes!r} gives K={spec.k}, but VAR needs at least 2 classes")
+        shown = classes.text if isinstance(classes, ClassSpec) else classes
+        raise UsageError(f"classes {shown!r} gives K={spec.k}, but VAR needs at least 2 classes")
     return spec
+
+
+def _parse_text(classes: str) -> ClassSpec:
+    text = classes.strip().lower()
+    if "," in text:
+        try:
+            ids = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise UsageError(f"classes {classes!r}: a list of class ids must be integers, e.g. 281,285") from None
+        return _ids_spec(ids)
+    if text.isdigit():
+        return _rule_spec(int(text), with_min=False, text=classes)
+    match = _RULE.fullmatch(text)
+    if match is None:
+        raise UsageError(f"unknown class spec {classes!r}: use 'topK', 'topK+min', an int K or a list of ids")
+    return _rule_spec(int(match.group(1)), with_min=match.group(2) is not None, text=classes)
+
+
+def _ids_spec(ids: Sequence[int]) -> ClassSpec:
+    if not ids:
+        raise UsageError("classes: the list of class ids is empty")
+    if len(set(ids)) != len(ids):
+        raise UsageError(f"classes: class ids must be distinct, got {list(ids)}")
+    return ClassSpec(rule=None, ids=tuple(ids), k=len(ids))
 
 
 def _rule_spec(top: int, *, with_min: bool, text: str) -> ClassSpec:

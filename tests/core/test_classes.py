@@ -17,10 +17,22 @@ from varrt.core.errors import UsageError
         ([7, 1, 4], ClassSpec(None, (7, 1, 4), 3)),
         ((0, 9), ClassSpec(None, (0, 9), 2)),
         (np.array([5, 6]), ClassSpec(None, (5, 6), 2)),
+        # the command line's text forms
+        ("3", ClassSpec("top3", None, 3)),
+        ("281,285", ClassSpec(None, (281, 285), 2)),
+        (" 7, 1 ,4 ", ClassSpec(None, (7, 1, 4), 3)),
+        ("5,", ClassSpec(None, (5,), 1)),
+        (ClassSpec("top2", None, 2), ClassSpec("top2", None, 2)),
     ],
 )
 def test_parse_accepts(classes, expected):
-    assert parse_classes(classes) == expected
+    assert parse_classes(classes, var=expected.k > 1) == expected
+
+
+@pytest.mark.parametrize("classes", ["top4+min", "top3", "281,285", "0,9,3"])
+def test_text_round_trips(classes):
+    assert parse_classes(classes).text == classes
+    assert parse_classes(parse_classes(classes).text) == parse_classes(classes)
 
 
 @pytest.mark.parametrize(
@@ -39,6 +51,11 @@ def test_parse_accepts(classes, expected):
         ([1.5, 2], "integers"),
         (True, "classes must be"),
         (2.0, "classes must be"),
+        ("1,cat", "must be integers"),
+        ("3,3", "distinct"),
+        (",", "empty"),
+        ("-3", "unknown class spec"),
+        (ClassSpec("top1", None, 1), "VAR needs at least 2"),
     ],
 )
 def test_parse_rejects(classes, message):
