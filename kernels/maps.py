@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from varrt.core.defaults import TAU, TEMPERATURE, VAR_SCALE, VAR_SCALES
 from varrt.core.errors import UsageError
+from varrt.kernels.var_cupy import var_maps_cupy
 from varrt.kernels.var_numpy import var_maps_numpy
 
 
@@ -13,10 +15,8 @@ def is_cupy_array(array: Any) -> bool:
     return type(array).__module__.split(".")[0] == "cupy"
 
 
-VAR_SCALES = ("none", "max")
 
-
-def var_maps(attributions: Any, temperature: float = 10.0, tau: float = 0.01, scale: str = "none") -> Any:
+def var_maps(attributions: Any, temperature: float = TEMPERATURE, tau: float = TAU, scale: str = VAR_SCALE) -> Any:
     """VAR map of every class against the other K-1 classes.
 
     ``attributions`` is [N, K, ...] (class axis 1; trailing dims any, e.g. [C, H, W] maps or
@@ -49,7 +49,5 @@ def var_maps(attributions: Any, temperature: float = 10.0, tau: float = 0.01, sc
         peak = peak + (peak == 0)  # an all-zero image stays all zero
         return var_maps(attributions / peak, temperature, tau) * peak
     if is_cupy_array(attributions):
-        from varrt.kernels.var_cupy import var_maps_cupy
-
         return var_maps_cupy(attributions, temperature, tau)
     return var_maps_numpy(attributions, temperature, tau)

@@ -5,6 +5,9 @@ the ``var.fatbin`` that CMake builds next to this file, else by compiling ``var.
 (CuPy caches that compilation on disk). A packaged fatbin the driver cannot load (a driver older
 than the nvcc that built it) falls back to NVRTC with a warning; an explicit ``$VARRT_FATBIN``
 that fails to load is an error, since the user asked for that file.
+
+CuPy is optional (the ``cuda`` extra): the functions that launch import it, so this module imports
+on any machine.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from varrt.core.defaults import TAU, TEMPERATURE
 from varrt.core.errors import UsageError
 from varrt.kernels.checks import KERNEL_DTYPES, check_var_args
 
@@ -104,7 +108,7 @@ def module_origin() -> str:
     return _load_module(cp)[1]
 
 
-def var_maps_cupy(attributions: Any, temperature: float = 10.0, tau: float = 0.01, *,
+def var_maps_cupy(attributions: Any, temperature: float = TEMPERATURE, tau: float = TAU, *,
                   out: Any = None) -> Any:
     """VAR on a CuPy array [N, K, ...] (float32 or float16); the result stays on the device.
 

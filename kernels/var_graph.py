@@ -1,9 +1,11 @@
-"""VAR inside the ONNX graph, as standard default-domain ops (opsets 9..21).
+"""VAR inside the ONNX graph, as standard default-domain ops (every opset the exporter reads).
 
 Emitting VAR into the explanation graph lets TensorRT or ONNX Runtime fuse it with the backward
 pass, so no extra kernel launch or host step is needed. Only ops the ONNX-TensorRT parser
 supports are used (Abs, Mul, ReduceMax, Sub, Exp, ReduceSum, Div, Greater, Cast, Where, Shape,
-Gather, Constant), and every `axes` operand is a constant, as the parser requires.
+Gather, Constant), and every `axes` operand is a constant, as the parser requires. None of them
+changed meaning after opset 18 (later versions only add element types), so the opset range is the
+exporter's own, ``varrt.core.contract``'s.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnx_ir import tape as ir_tape
+from varrt.core.contract import MAX_OPSET, MIN_OPSET
+from varrt.core.defaults import VAR_SCALES
 from varrt.core.errors import UsageError
 
-#: The default-domain opsets append_var is written and tested for.
-MIN_OPSET, MAX_OPSET = 9, 21
 # The opsets where `axes` moved from an attribute to an int64 input.
 _REDUCESUM_AXES_INPUT = 13
 _REDUCEMAX_AXES_INPUT = 18
@@ -74,7 +76,7 @@ def append_var(tape: ir_tape.Tape, attributions: ir.Value, *, temperature: float
         tiny = _const(tape, np.array(np.finfo(np_work).tiny, dtype=np_work))
         magnitude = tape.op("Div", [magnitude, tape.op("Max", [peak, tiny])])
     elif scale != "none":
-        raise UsageError(f"unknown VAR scale '{scale}' (choose from none, max)")
+        raise UsageError(f"unknown VAR scale '{scale}' (choose from {', '.join(VAR_SCALES)})")
     z = tape.op("Mul", [magnitude, _const(tape, np.array(temperature, dtype=np_work))])
     # Max subtraction: exp() of values <= 0 never overflows, and the sum is >= 1.
     e = tape.op("Exp", [tape.op("Sub", [z, _reduce(tape, "ReduceMax", z, opset, _REDUCEMAX_AXES_INPUT)])])

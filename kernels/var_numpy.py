@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+from varrt.core.defaults import TAU, TEMPERATURE
 from varrt.kernels.checks import check_var_args
 
 
-def var_maps_numpy(attributions: np.ndarray, temperature: float = 10.0, tau: float = 0.01) -> np.ndarray:
+def var_maps_numpy(attributions: np.ndarray, temperature: float = TEMPERATURE, tau: float = TAU) -> np.ndarray:
     """VAR of every class against the other K-1 classes, on the CPU.
 
     ``attributions`` is [N, K, ...]; the result has its shape and dtype. float16 is computed in
