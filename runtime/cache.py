@@ -19,12 +19,14 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import onnx
-from varrt import __version__
+import varrt.export
+import varrt.kernels
+from varrt.core.version import __version__
+from varrt.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +64,9 @@ def default_cache_dir() -> Path:
 def exporter_fingerprint() -> str:
     """sha256 of the exporter's own source: a changed rule must not be served a stale graph, even
     between two builds that share a version number (editable installs, development)."""
-    import varrt.export
-    import varrt.kernels
-
     digest = hashlib.sha256()
     for package in (varrt.export, varrt.kernels):
-        root = Path(package.__file__).parent
+        (root,) = (Path(entry) for entry in package.__path__)
         for source in sorted(root.rglob("*.py")):
             digest.update(source.relative_to(root).as_posix().encode())
             digest.update(source.read_bytes())
@@ -88,25 +87,6 @@ def graph_cache_key(
         ).encode()
     )
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so readers see the old file or the whole new one, never a part.
-
-    The temporary file lives in the same directory, so ``os.replace`` is a rename on one file
-    system (atomic on POSIX and Windows); two processes writing the same key both succeed.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class GraphCache:

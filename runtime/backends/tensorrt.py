@@ -30,8 +30,9 @@ from typing import Any
 import numpy as np
 import onnx
 from varrt.backends.base import CudaStreamBackend, TensorSpec, cuda_device_unavailable_reason
-from varrt.cache import atomic_write_bytes, default_cache_dir
+from varrt.cache import default_cache_dir
 from varrt.core.errors import ModelError, UsageError, VarrtError
+from varrt.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
