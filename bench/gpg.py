@@ -19,15 +19,21 @@ protocol, checked per image at full input size).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import pathlib
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnxruntime
+from varrt import images as varrt_images
 from varrt.bench import grids, metrics
+from varrt.core.defaults import TAU, TEMPERATURE
 from varrt.core.errors import UsageError, VarrtError
+from varrt.explainer import Explainer
 
 METHODS = (
     "gradient",
@@ -129,16 +135,11 @@ def image_files(folder: str | os.PathLike[str]) -> list[pathlib.Path]:
     return files
 
 
-def _preprocessing(model: str | os.PathLike[str]) -> Any:
-    from varrt import images as varrt_images
-
-    prep = varrt_images.preprocessing_for(model)
-    return prep
+def _preprocessing(model: str | os.PathLike[str]) -> varrt_images.Preprocessing:
+    return varrt_images.preprocessing_for(model)
 
 
-def _cell_prep(prep: Any) -> Any:
-    import dataclasses
-
+def _cell_prep(prep: varrt_images.Preprocessing) -> varrt_images.Preprocessing:
     return dataclasses.replace(prep, size=grids.cell_size(prep.size))
 
 
@@ -148,8 +149,6 @@ def predict_probabilities(model: str | os.PathLike[str], inputs: np.ndarray, bat
     A model whose first output already is a distribution (non-negative rows summing to 1) is
     taken as is; anything else is treated as logits.
     """
-    import onnxruntime
-
     session = onnxruntime.InferenceSession(os.fspath(model), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     outputs = []
@@ -178,8 +177,6 @@ def load_cells(
     reach ``threshold``). Only the most confident photo of each class is kept when labels come
     from the model, so a folder of near-duplicates cannot fill a grid with one class.
     """
-    from varrt import images as varrt_images
-
     prep = _preprocessing(model)
     cell_prep = _cell_prep(prep)
     kept: list[CellImage] = []
@@ -207,8 +204,6 @@ def build_grids(
     cells: Sequence[CellImage], arrangements: Sequence[tuple[int, ...]], prep: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model inputs [G, C, H, W], class_ids [G, 4] int64 and display pixels [G, H, W, C]."""
-    from varrt import images as varrt_images
-
     pixels = np.stack([grids.assemble_grid([cells[i].pixels for i in a], prep.size) for a in arrangements])
     inputs = np.stack([varrt_images.normalize(p, prep.mean, prep.std) for p in pixels])
     class_ids = np.array([[cells[i].label for i in a] for a in arrangements], dtype=np.int64)
@@ -277,8 +272,8 @@ def run_gpg(
     arrangements: Sequence[tuple[int, int, int, int]],
     methods: Sequence[str] = METHODS,
     *,
-    temperature: float = 10.0,
-    tau: float = 0.01,
+    temperature: float = TEMPERATURE,
+    tau: float = TAU,
     batch_size: int = 8,
     backend: str = "auto",
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -290,24 +285,19 @@ def run_gpg(
     ``method_options`` maps a method to extra ``Explainer`` options (``steps`` for integrated
     gradients, ``layer`` for Grad-CAM...).
     """
-    import time
-
     if not arrangements:
         raise VarrtError(
             "the grid pointing game needs images of at least 4 distinct classes; "
             f"only {len({c.label for c in cells})} passed the selection (add photos with --images, "
             "or lower --threshold)"
         )
-    if explainer_factory is None:
-        import varrt
-
-        explainer_factory = varrt.Explainer
+    factory = explainer_factory or Explainer
     prep = _preprocessing(model)
     inputs, class_ids, pixels = build_grids(cells, arrangements, prep)
     result = GpgResult(
         model=os.fspath(model),
         images=list(cells),
-        arrangements=[tuple(a) for a in arrangements],  # type: ignore[misc]
+        arrangements=[(a, b, c, d) for a, b, c, d in arrangements],
         settings={
             "temperature": temperature,
             "tau": tau,
@@ -321,7 +311,7 @@ def run_gpg(
     for method in methods:
         # The ids here only pick the graph with a class_ids input (K = 4); each call passes the
         # grid's own classes, which override them.
-        explainer = explainer_factory(
+        explainer = factory(
             os.fspath(model),
             method=method,
             classes=list(range(grids.CELLS)),

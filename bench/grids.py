@@ -65,10 +65,10 @@ def distinct_class_arrangements(
         return []
     rng = np.random.default_rng(seed)
     if len(classes) <= enumerate_up_to:
-        every: list[tuple[int, int, int, int]] = [
-            arrangement  # type: ignore[misc]
-            for arrangement in itertools.permutations(range(len(classes)), CELLS)
-            if len({classes[i] for i in arrangement}) == CELLS
+        every = [
+            (a, b, c, d)
+            for a, b, c, d in itertools.permutations(range(len(classes)), CELLS)
+            if len({classes[a], classes[b], classes[c], classes[d]}) == CELLS
         ]
         if limit is not None and limit < len(every):
             keep = np.sort(rng.choice(len(every), size=limit, replace=False))
@@ -83,6 +83,6 @@ def distinct_class_arrangements(
     drawn: list[tuple[int, int, int, int]] = []
     for _ in range(limit):
         chosen = rng.choice(len(labels), size=CELLS, replace=False)
-        members = [by_class[labels[c]] for c in chosen]
-        drawn.append(tuple(int(m[rng.integers(len(m))]) for m in members))  # type: ignore[arg-type]
+        a, b, c, d = (int(m[rng.integers(len(m))]) for m in (by_class[labels[i]] for i in chosen))
+        drawn.append((a, b, c, d))
     return drawn

@@ -28,7 +28,6 @@ insertion AUC are better. A random ranking of the same pixels is reported as the
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -37,8 +36,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import onnxruntime
 from varrt.bench import metrics
+from varrt.core.classes import parse_classes, select_classes
+from varrt.core.defaults import TAU, TEMPERATURE
 from varrt.core.errors import UsageError, VarrtError
+from varrt.explainer import Explainer
 
 METHODS = ("gradient", "guided_backprop", "gradcam")
 RANKINGS = ("positive", "abs")
@@ -139,8 +142,6 @@ class Classifier:
     """
 
     def __init__(self, model: str | os.PathLike[str], batch_size: int = 64, backend: str = "auto"):
-        import onnxruntime
-
         if batch_size < 1:
             raise UsageError(f"--perturb-batch must be at least 1, got {batch_size}")
         providers = ["CPUExecutionProvider"]
@@ -190,10 +191,8 @@ def explained_classes(probabilities: np.ndarray, k: int = K) -> np.ndarray:
     classes = probabilities.shape[1]
     if classes < 2:
         raise VarrtError("insertion/deletion with VAR needs a model with at least 2 classes")
-    descending = np.argsort(-probabilities, axis=1, kind="stable")
-    if classes <= k:
-        return descending.astype(np.int64)
-    return np.concatenate([descending[:, : k - 1], descending[:, -1:]], axis=1).astype(np.int64)
+    rule = f"top{classes}" if classes <= k else f"top{k - 1}+min"
+    return select_classes(probabilities, parse_classes(rule))
 
 
 def curves_for(
@@ -315,8 +314,8 @@ def run_insertion_deletion(
     baseline: str = "zero",
     blur_sigma: float = 5.0,
     seed: int = 0,
-    temperature: float = 10.0,
-    tau: float = 0.01,
+    temperature: float = TEMPERATURE,
+    tau: float = TAU,
     batch_size: int = 8,
     perturb_batch: int = 66,
     backend: str = "auto",
@@ -334,10 +333,7 @@ def run_insertion_deletion(
     inputs = np.asarray(inputs, dtype=np.float32)
     if inputs.ndim != 4 or len(inputs) == 0:
         raise UsageError(f"expected a non-empty batch [N, C, H, W], got shape {inputs.shape}")
-    if explainer_factory is None:
-        import varrt
-
-        explainer_factory = varrt.Explainer
+    factory = explainer_factory or Explainer
     count, _, height, width = inputs.shape
     counts = step_counts(height * width, steps)
     fractions = counts / float(height * width)
@@ -381,7 +377,7 @@ def run_insertion_deletion(
     done = 0
     for method in methods:
         # The ids here only pick the graph with a class_ids input; each call passes its own.
-        explainer = explainer_factory(
+        explainer = factory(
             os.fspath(model),
             method=method,
             classes=list(range(class_ids.shape[1])),
@@ -407,9 +403,9 @@ def run_insertion_deletion(
                     saliency = saliency_map(maps[kind][offset], ranking)
                     empty[kind] += int(not np.any(saliency > 0))
                     order = pixel_order(saliency, tiebreaks[n])
-                    values = curves_for(classifier, inputs[n], baselines[n], order, counts, top[n])
+                    along = curves_for(classifier, inputs[n], baselines[n], order, counts, top[n])
                     for curve in CURVES:
-                        curves[kind][curve].append(values[curve])
+                        curves[kind][curve].append(along[curve])
                 done += 1
                 progress(done, len(methods) * count, method)
         stacked = {kind: {c: np.stack(curves[kind][c]) for c in CURVES} for kind in KINDS}
@@ -426,157 +422,3 @@ def run_insertion_deletion(
             )
         )
     return result
-
-
-# --- plot -----------------------------------------------------------------------------------------
-def plot(report: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
-    """AUC bars (base vs VAR, 95% CI, random ranking dotted) and mean curves, per curve kind."""
-    from varrt.bench import plots
-
-    plt = plots.pyplot()
-    methods = list(report["methods"])
-    fractions = report["fractions"]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    figure, axes = plt.subplots(2, 2, figsize=(max(10.0, 2.4 * len(methods) + 5), 8), squeeze=False)
-    x = np.arange(len(methods))
-    for column, curve in enumerate(CURVES):
-        bars = axes[0, column]
-        for offset, kind, color in ((-0.2, "base", "#8c8c8c"), (0.2, "var", "#d62728")):
-            stats = [report["methods"][m][curve][kind] for m in methods]
-            means = np.array([s["mean"] for s in stats])
-            errors = np.array([[s["mean"] - s["low"], s["high"] - s["mean"]] for s in stats]).T
-            bars.bar(
-                x + offset, means, 0.4, yerr=errors, capsize=3, color=color, label="VAR" if kind == "var" else kind
-            )
-        bars.axhline(report["reference"][curve]["auc"]["mean"], color="black", linestyle=":", label="random ranking")
-        bars.set_xticks(x, [m.replace("_", "\n") for m in methods])
-        bars.set_ylim(0, 1)
-        better = "lower" if curve == "deletion" else "higher"
-        bars.set_ylabel(f"{curve} AUC ({better} is better)")
-        bars.legend(fontsize=8)
-        lines = axes[1, column]
-        for index, method in enumerate(methods):
-            color = colors[index % len(colors)]
-            entry = report["methods"][method][curve]
-            lines.plot(fractions, entry["mean_curve_base"], "--", color=color, label=f"{method} base")
-            lines.plot(fractions, entry["mean_curve_var"], "-", color=color, label=f"{method} VAR")
-        lines.plot(fractions, report["reference"][curve]["mean_curve"], ":", color="black", label="random")
-        lines.set_xlabel(f"fraction of pixels {'deleted' if curve == 'deletion' else 'inserted'}")
-        lines.set_ylabel("probability of the explained class (mean)")
-        lines.set_ylim(0, 1)
-        lines.legend(fontsize=7, ncol=2)
-    settings = report["settings"]
-    figure.suptitle(
-        f"Insertion / deletion, {len(report['images'])} images, {settings['steps']} steps, "
-        f"{settings['baseline']} baseline, {settings['ranking']} ranking (95% bootstrap CI)"
-    )
-    figure.tight_layout()
-    figure.savefig(os.fspath(path), dpi=110)
-    plt.close(figure)
-    return os.fspath(path)
-
-
-# --- command line ---------------------------------------------------------------------------------
-def add_arguments(
-    commands: Any,
-    common: Callable[[argparse.ArgumentParser, str], None],
-    var_options: Callable[[argparse.ArgumentParser], None],
-    method_list_type: Callable[[str], list[str]],
-) -> argparse.ArgumentParser:
-    """Add ``deletion`` to ``varrt bench``'s subcommands (called by ``varrt.bench.cli``)."""
-    from varrt.bench import cli
-
-    p = commands.add_parser(
-        "deletion",
-        help="insertion / deletion AUC (Petsiuk et al.): base vs VAR per method",
-        description="Insertion and deletion AUC. Each image's top-1 class is explained (K = 5, top4+min, "
-        "top-1 first); pixels are ranked by the map (channel sum, positive part; or --ranking abs), ties in "
-        "a seeded random order. Deletion replaces the top-ranked pixels with the baseline in --steps steps, "
-        "insertion copies them into the baseline; each step's probability of the class comes from the plain "
-        "model in ONNX Runtime, and the AUC is the trapezoid over the fraction of pixels. Lower deletion and "
-        "higher insertion AUC are better; a random ranking is the reference. Reports base vs VAR per method "
-        "with 95% bootstrap intervals over images.",
-    )
-    common(p, os.path.join(cli.DEFAULT_OUT, "deletion"))
-    cli._method_option_arguments(p)
-    p.add_argument("--images", nargs="+", metavar="PATH", help="folders or files of photos (default: the bundled ones)")
-    p.add_argument(
-        "--methods",
-        type=method_list_type,
-        default=list(METHODS),
-        help=f"comma-separated, or all (default: {','.join(METHODS)})",
-    )
-    p.add_argument("--steps", type=int, default=32, help="perturbation steps per curve (default: %(default)s)")
-    p.add_argument(
-        "--ranking",
-        choices=RANKINGS,
-        default="positive",
-        help="pixel ranking: positive part of the channel sum, or channel sum of |A| (default: %(default)s)",
-    )
-    p.add_argument(
-        "--baseline",
-        choices=BASELINES,
-        default="zero",
-        help="what deleted pixels become and insertion starts from: 0 after normalisation (the mean colour) "
-        "or a Gaussian blur of the image (default: %(default)s)",
-    )
-    p.add_argument(
-        "--blur-sigma", type=float, default=5.0, help="blur baseline: sigma in pixels (default: %(default)s)"
-    )
-    p.add_argument(
-        "--perturb-batch",
-        type=int,
-        default=66,
-        metavar="N",
-        help="perturbed images per ONNX Runtime call (default: %(default)s, both curves of 32 steps)",
-    )
-    var_options(p)
-    p.set_defaults(run=run_command)
-    return p
-
-
-def run_command(args: argparse.Namespace) -> int:
-    from varrt import images
-    from varrt.bench import cli
-
-    model = cli._model_path(args)
-    plots = cli._plots_module(args)
-    out = cli._out_dir(args.out)
-    paths = cli._image_paths(args)
-    images.check_readable(paths)
-    prep = images.preprocessing_for(model)
-    inputs = np.stack([images.load_image(p, prep) for p in paths])
-    progress = cli._ProgressAdapter("deletion", enabled=False if args.quiet else None)
-    result = run_insertion_deletion(
-        model,
-        inputs,
-        args.methods,
-        paths=paths,
-        steps=args.steps,
-        ranking=args.ranking,
-        baseline=args.baseline,
-        blur_sigma=args.blur_sigma,
-        seed=args.seed,
-        temperature=args.temperature,
-        tau=args.tau,
-        batch_size=args.batch_size,
-        perturb_batch=args.perturb_batch,
-        backend=args.backend,
-        method_options=cli._method_options(args),
-        progress=progress,
-    )
-    progress.close()
-    report = result.to_json(seed=args.seed)
-    name_of = cli._class_names(model)
-    for entry in report["images"]:
-        entry["name"] = name_of(entry["class_ids"][0])
-    print(
-        f"insertion/deletion: {len(paths)} images ({', '.join(e['name'] for e in report['images'])}), "
-        f"{args.steps} steps, {args.baseline} baseline, {args.ranking} ranking, K = {report['settings']['k']}"
-    )
-    print(cli.format_table(TABLE_HEADERS, result.table_rows(seed=args.seed)))
-    written = [cli._write_json(report, out, "deletion.json")]
-    if plots is not None:
-        written.append(plot(report, out / "deletion.png"))
-    print("wrote " + ", ".join(str(p) for p in written))
-    return 0

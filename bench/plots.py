@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from varrt.bench.insertion_deletion import CURVES
 from varrt.core.errors import VarrtError
 
 
@@ -161,4 +162,47 @@ def speed_bars(report: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
         panel.set_xticks(x + width * (len(flows) - 1) / 2, [m.replace("_", "\n") for m in methods], fontsize=7)
     axes[0, 0].legend(fontsize=7)
     figure.suptitle(f"K = {report['settings']['k']} classes per image")
+    return _save(figure, path)
+
+
+def deletion_curves(report: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
+    """Insertion / deletion: AUC bars (base vs VAR, 95% CI, random ranking dotted) and mean curves,
+    per curve kind."""
+    plt = pyplot()
+    methods = list(report["methods"])
+    fractions = report["fractions"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    figure, axes = plt.subplots(2, 2, figsize=(max(10.0, 2.4 * len(methods) + 5), 8), squeeze=False)
+    x = np.arange(len(methods))
+    for column, curve in enumerate(CURVES):
+        bars = axes[0, column]
+        for offset, kind, color in ((-0.2, "base", "#8c8c8c"), (0.2, "var", "#d62728")):
+            stats = [report["methods"][m][curve][kind] for m in methods]
+            means = np.array([s["mean"] for s in stats])
+            errors = np.array([[s["mean"] - s["low"], s["high"] - s["mean"]] for s in stats]).T
+            bars.bar(
+                x + offset, means, 0.4, yerr=errors, capsize=3, color=color, label="VAR" if kind == "var" else kind
+            )
+        bars.axhline(report["reference"][curve]["auc"]["mean"], color="black", linestyle=":", label="random ranking")
+        bars.set_xticks(x, [m.replace("_", "\n") for m in methods])
+        bars.set_ylim(0, 1)
+        better = "lower" if curve == "deletion" else "higher"
+        bars.set_ylabel(f"{curve} AUC ({better} is better)")
+        bars.legend(fontsize=8)
+        lines = axes[1, column]
+        for index, method in enumerate(methods):
+            color = colors[index % len(colors)]
+            entry = report["methods"][method][curve]
+            lines.plot(fractions, entry["mean_curve_base"], "--", color=color, label=f"{method} base")
+            lines.plot(fractions, entry["mean_curve_var"], "-", color=color, label=f"{method} VAR")
+        lines.plot(fractions, report["reference"][curve]["mean_curve"], ":", color="black", label="random")
+        lines.set_xlabel(f"fraction of pixels {'deleted' if curve == 'deletion' else 'inserted'}")
+        lines.set_ylabel("probability of the explained class (mean)")
+        lines.set_ylim(0, 1)
+        lines.legend(fontsize=7, ncol=2)
+    settings = report["settings"]
+    figure.suptitle(
+        f"Insertion / deletion, {len(report['images'])} images, {settings['steps']} steps, "
+        f"{settings['baseline']} baseline, {settings['ranking']} ranking (95% bootstrap CI)"
+    )
     return _save(figure, path)

@@ -34,7 +34,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from varrt.bench import metrics
+from varrt.core import defaults
 from varrt.core.errors import ModelError
+from varrt.explainer import Explainer
+from varrt.export.model_loading import read_model
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 METHODS = ("gradient", "guided_backprop", "integrated_gradients", "gradcam")
@@ -186,9 +189,9 @@ def run_sanity(
     *,
     steps: int = 8,
     seed: int = 0,
-    temperature: float = 10.0,
-    tau: float = 0.01,
-    classes: str = "top4+min",
+    temperature: float = defaults.TEMPERATURE,
+    tau: float = defaults.TAU,
+    classes: str = defaults.CLASSES,
     batch_size: int = 8,
     backend: str = "auto",
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -196,11 +199,8 @@ def run_sanity(
     progress: Progress = _no_progress,
 ) -> SanityResult:
     """Similarity of each method's maps (base and VAR) to the original as layers are randomized."""
-    if explainer_factory is None:
-        import varrt
-
-        explainer_factory = varrt.Explainer
-    original = onnx.load(os.fspath(model))
+    factory = explainer_factory or Explainer
+    original = read_model(model)
     layers = weight_layers(original)
     if not layers:
         raise ModelError(f"{model}: no Conv/Gemm/MatMul layer with initializer weights to randomize")
@@ -220,7 +220,7 @@ def run_sanity(
             "map": "sum over channels of |attribution|, top-1 class",
         },
     )
-    options = {
+    options: dict[str, Any] = {  # keyword arguments of the Explainer
         "classes": classes,
         "backend": backend,
         "var": True,
@@ -240,7 +240,7 @@ def run_sanity(
             for depth in depths:
                 graph = original if depth == 0 else randomize_top_layers(original, depth, seed)
                 extra = dict((method_options or {}).get(method, {}))
-                explainer = explainer_factory(graph, method=method, cache_dir=scratch, **options, **extra)
+                explainer = factory(graph, method=method, cache_dir=scratch, **options, **extra)
                 explanation = explainer(inputs, class_ids=class_ids)
                 if class_ids is None:
                     # Fix the original model's classes: every step explains the same classes.

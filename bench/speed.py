@@ -18,13 +18,21 @@ import functools
 import importlib.util
 import os
 import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from varrt import data, images
+from varrt.backends.select import BACKENDS, unavailable_reason
+from varrt.bench import speed_reference
+from varrt.bench.timing import latency_summary, timed
+from varrt.bench.timing import split_evenly as split_evenly  # also importable from here
+from varrt.bench.timing import timed_in_rounds as timed_in_rounds
+from varrt.core import defaults
+from varrt.core.classes import parse_classes
 from varrt.core.errors import UsageError
-from varrt.export.methods import METHODS  # noqa: E402  (every method is benchmarked)
+from varrt.explainer import Explainer
+from varrt.export.methods import METHODS  # every method is benchmarked
 
 REFERENCE_FLOW = "torch+captum"
 
@@ -37,8 +45,6 @@ def _no_progress(done: int, total: int, label: str) -> None:
 
 def available_backends() -> tuple[list[str], dict[str, str]]:
     """Backends that can run here, and why each of the others cannot."""
-    from varrt.backends.select import BACKENDS, unavailable_reason
-
     usable, skipped = [], {}
     for name in BACKENDS:
         reason = unavailable_reason(name)
@@ -49,55 +55,9 @@ def available_backends() -> tuple[list[str], dict[str, str]]:
     return usable, skipped
 
 
-def timed(call: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
-    """Seconds of ``repeats`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - started)
-    return seconds
-
-
 def timed_calls(call: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
     """``timed`` for Explainer calls: each result is forced to the host before the clock stops."""
     return timed(lambda: _block(call()), repeats, warmup)
-
-
-def timed_in_rounds(
-    flows: Mapping[str, Callable[[], Any]],
-    repeats: int,
-    warmup: int,
-    rounds: int,
-    *,
-    settle: float = 0.0,
-    untimed: int = 0,
-) -> dict[str, list[float]]:
-    """``repeats`` timed calls of each flow, taken in ``rounds`` alternating blocks: a shared
-    machine's speed drifts over seconds, and alternation makes the drift hit every flow alike.
-
-    After ``warmup`` calls of each flow, every block starts after ``settle`` seconds and
-    ``untimed`` calls, for flows that leave worker threads busy behind them.
-    """
-    for call in flows.values():
-        for _ in range(warmup):
-            call()
-    seconds: dict[str, list[float]] = {name: [] for name in flows}
-    for block in split_evenly(list(range(repeats)), rounds):
-        for name, call in flows.items():
-            if settle:
-                time.sleep(settle)
-            seconds[name] += timed(call, len(block), untimed)
-    return seconds
-
-
-def split_evenly(values: list, parts: int) -> list[list]:
-    """``values`` in ``parts`` consecutive blocks of near-equal size (none empty)."""
-    parts = max(1, min(parts, len(values)))
-    bounds = [round(i * len(values) / parts) for i in range(parts + 1)]
-    return [values[a:b] for a, b in zip(bounds, bounds[1:])]
 
 
 def _block(explanation: Any) -> None:
@@ -108,19 +68,7 @@ def _block(explanation: Any) -> None:
             return
 
 
-def latency_summary(seconds: Sequence[float]) -> dict[str, Any]:
-    milliseconds = [1000.0 * s for s in seconds]
-    return {
-        "median": statistics.median(milliseconds),
-        "p90": float(np.percentile(milliseconds, 90)),
-        "min": min(milliseconds),
-        "samples": len(milliseconds),
-    }
-
-
 def input_shape(model: str | os.PathLike[str]) -> tuple[int, int, int]:
-    from varrt import images
-
     prep = images.preprocessing_for(model)
     return (prep.channels, *prep.size)
 
@@ -172,7 +120,7 @@ def measure_varrt(
 
 def reference_available() -> str | None:
     """None when the PyTorch + Captum reference can run, else why not."""
-    for module in ("torch", "captum", "varrt.bench.speed_reference"):
+    for module in ("torch", "captum"):
         try:
             found = importlib.util.find_spec(module) is not None
         except ModuleNotFoundError:
@@ -183,8 +131,6 @@ def reference_available() -> str | None:
 
 
 def is_demo_model(model: str | os.PathLike[str]) -> bool:
-    from varrt import data
-
     try:
         return os.path.samefile(os.fspath(model), data.demo_model_path())
     except OSError:
@@ -197,7 +143,7 @@ def run_speed(
     backends: Sequence[str] | None = None,
     batch_sizes: Sequence[int] = (32, 64),
     *,
-    classes: str = "top4+min",
+    classes: str = defaults.CLASSES,
     repeats: int = 10,
     throughput_repeats: int = 3,
     warmup: int = 1,
@@ -207,16 +153,11 @@ def run_speed(
     progress: Progress = _no_progress,
 ) -> dict[str, Any]:
     """Time every method on every backend (all usable ones by default); the JSON report."""
-    from varrt.core.classes import parse_classes
-
     if repeats < 1 or throughput_repeats < 1 or warmup < 0:
         raise UsageError("--repeats and --throughput-repeats must be at least 1, --warmup at least 0")
     if any(b < 1 for b in batch_sizes):
         raise UsageError(f"batch sizes must be positive, got {list(batch_sizes)}")
-    if explainer_factory is None:
-        import varrt
-
-        explainer_factory = varrt.Explainer
+    factory = explainer_factory or Explainer
     usable, skipped = available_backends()
     chosen = list(backends) if backends else usable
     reference_skipped = None
@@ -259,15 +200,13 @@ def run_speed(
                     repeats=repeats,
                     throughput_repeats=throughput_repeats,
                     warmup=warmup,
-                    explainer_factory=explainer_factory,
+                    explainer_factory=factory,
                     method_options=(method_options or {}).get(method),
                 )
             )
             done += 1
             progress(done, total, f"{backend} {method}")
     if torch_reference:
-        from varrt.bench import speed_reference
-
         for method in methods:
             progress(done, total, f"{REFERENCE_FLOW} {method}")
             report["results"].append(

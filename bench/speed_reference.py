@@ -13,7 +13,8 @@ ONNX Runtime forward of the model is reported too, as the floor.
 
     python -m varrt.bench.speed_reference --repeats 10 --out speed_reference.json
 
-``run(...)`` returns the measurements as a dict (``varrt bench speed`` calls it).
+``run(...)`` returns the measurements as a dict (``varrt bench speed`` calls it). torch, captum and
+the efficientnet packages are test extras, imported where the reference flow runs.
 
 Note: Captum's GuidedBackprop only overrides ``nn.ReLU`` modules; EfficientNet-Lite uses ReLU6,
 so its "guided backprop" there is the plain gradient. This changes the maps, not the cost.
@@ -34,7 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from varrt.bench.speed import latency_summary, split_evenly, timed, timed_in_rounds
+import onnxruntime as ort
+from varrt.backends.onnxruntime import cpu_session_options
+from varrt.bench.timing import latency_summary, split_evenly, timed, timed_in_rounds
+from varrt.core.defaults import TAU, TEMPERATURE
+from varrt.explainer import Explainer
 
 FLOW = "torch+captum"
 INPUT_SHAPE = (3, 224, 224)
@@ -106,7 +111,7 @@ def captum_attributor(model: Any, method: str, steps: int = 32, samples: int = 1
     raise ValueError(f"unknown method {method!r}")
 
 
-def var_torch(attributions: Any, temperature: float = 10.0, tau: float = 0.01) -> Any:
+def var_torch(attributions: Any, temperature: float = TEMPERATURE, tau: float = TAU) -> Any:
     """The paper's VAR step in torch, class axis 1."""
     import torch
 
@@ -161,7 +166,7 @@ def run(
     result: dict[str, Any] = {"flow": FLOW, "method": method, "k": k, "threads": threads, "throughput": {}}
     reference = functools.partial(reference_call, model, attribute, torch.from_numpy(images[1]), k)
     with tempfile.TemporaryDirectory(prefix="varrt-speed-") as tmp:
-        flows = {"reference": reference}
+        flows: dict[str, Callable[[], Any]] = {"reference": reference}
         if compare:
             onnx_path = export_onnx(model, Path(tmp) / "efficientnet_lite0.onnx")
             flows.update(_varrt_calls(onnx_path, Path(tmp) / "cache", method, k, images[1], threads))
@@ -193,10 +198,8 @@ class _ExplainerCall:
     """One varrt explanation (Explainer on onnxruntime-cpu) as a timed call."""
 
     def __init__(self, onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, threads: int):
-        import varrt
-
         self.images = images
-        self.explainer = varrt.Explainer(
+        self.explainer = Explainer(
             str(onnx_path),
             method=method,
             classes=f"top{k - 1}+min",
@@ -217,9 +220,6 @@ class _ExplainerCall:
 def _varrt_calls(
     onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, threads: int
 ) -> dict[str, Callable[[], Any]]:
-    import onnxruntime as ort
-    from varrt.backends.onnxruntime import cpu_session_options
-
     session = ort.InferenceSession(
         str(onnx_path), sess_options=cpu_session_options(threads), providers=["CPUExecutionProvider"]
     )

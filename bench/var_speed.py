@@ -23,10 +23,15 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-from varrt.bench.speed import timed
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx_ir.tape import Tape
+from varrt.bench.timing import timed
+from varrt.core.contract import ATTRIBUTIONS, VAR_ATTRIBUTIONS
+from varrt.core.defaults import TAU, TEMPERATURE
 from varrt.kernels import append_var, var_maps
+from varrt.kernels.var_cupy import module_origin, var_maps_cupy
 
-TEMPERATURE, TAU = 10.0, 0.01
 CPU_CASES = [  # (N, K, trailing shape)
     (1, 5, (3, 224, 224)),
     (8, 5, (3, 224, 224)),
@@ -53,15 +58,11 @@ def median_seconds(fn: Callable[[], object], repeat: int, warmup: int = 1) -> fl
 
 def ort_session(trailing: tuple[int, ...], opset: int = 17) -> Any:
     """An ONNX Runtime CPU session running only the in-graph VAR on [N, K, *trailing]."""
-    import onnx_ir as ir
-    import onnxruntime as ort
-    from onnx_ir.tape import Tape
-
-    x = ir.Value(name="attributions", type=ir.TensorType(ir.DataType.FLOAT),
+    x = ir.Value(name=ATTRIBUTIONS, type=ir.TensorType(ir.DataType.FLOAT),
                  shape=ir.Shape(["N", "K", *trailing]))
     graph = ir.Graph([x], [], nodes=[], opset_imports={"": opset}, name="var")
     y = append_var(Tape(graph), x, temperature=TEMPERATURE, tau=TAU, opset=opset)
-    y.name = "var_attributions"
+    y.name = VAR_ATTRIBUTIONS
     graph.outputs.append(y)
     proto = ir.to_proto(ir.Model(graph, ir_version=8))
     return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -74,8 +75,8 @@ def bench_cpu(repeat: int, quick: bool) -> list[dict[str, Any]]:
         a = (rng.standard_normal((n, k, *trailing)) * 0.1).astype(np.float32)
         session = ort_session(trailing)
         numpy_s = median_seconds(partial(var_maps, a, TEMPERATURE, TAU), repeat)
-        ort_s = median_seconds(partial(session.run, None, {"attributions": a}), repeat)
-        agree = float(np.abs(session.run(None, {"attributions": a})[0] - var_maps(a)).max())
+        ort_s = median_seconds(partial(session.run, None, {ATTRIBUTIONS: a}), repeat)
+        agree = float(np.abs(session.run(None, {ATTRIBUTIONS: a})[0] - var_maps(a)).max())
         rows.append({"N": n, "K": k, "shape": list(trailing), "dtype": "float32", "MB": a.nbytes / 1e6,
                      "numpy_ms": numpy_s * 1e3, "ort_ms": ort_s * 1e3, "ort_over_numpy": ort_s / numpy_s,
                      "max_abs_diff": agree})
@@ -151,8 +152,7 @@ def bench_gpu(repeat: int, quick: bool) -> dict[str, Any]:
     reason = gpu_reason()
     if reason:
         return {"skipped": f"no CUDA device: {reason}"}
-    import cupy as cp
-    from varrt.kernels.var_cupy import module_origin, var_maps_cupy
+    import cupy as cp  # optional: only with a GPU
 
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     rows = []
@@ -206,12 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="only the first cases")
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU part")
     args = parser.parse_args(argv)
-
-    import onnxruntime
-
     result: dict[str, Any] = {
         "host": {"machine": platform.machine(), "python": platform.python_version(),
-                 "numpy": np.__version__, "onnxruntime": onnxruntime.__version__},
+                 "numpy": np.__version__, "onnxruntime": ort.__version__},
         "temperature": TEMPERATURE, "tau": TAU, "repeat": args.repeat,
         "cpu": bench_cpu(args.repeat, args.quick),
         "gpu": {"skipped": "--no-gpu"} if args.no_gpu else bench_gpu(args.repeat, args.quick),
