@@ -8,7 +8,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
+from varrt.core.classes import ClassesArg, ClassSpec, check_spec_fits, parse_classes
+from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS, RESERVED_INPUTS, RESERVED_OUTPUTS, VAR_ATTRIBUTIONS
+from varrt.core.defaults import TAU, TEMPERATURE, VAR_SCALE
 from varrt.core.errors import ModelError, UsageError
+from varrt.core.version import __version__
 from varrt.export.autodiff import backward
 from varrt.export.emitter import Emitter
 from varrt.export.methods import METHOD_TABLE, METHODS, Method
@@ -16,9 +20,7 @@ from varrt.export.model_loading import Classifier, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
 from varrt.export.rules.context import Context
 from varrt.export.rules.separable import probe_matrix, separable_vjp
-
-RESERVED_INPUTS = ("class_ids",)
-RESERVED_OUTPUTS = ("logits", "attributions", "var_attributions", "class_ids")
+from varrt.kernels.var_graph import append_var
 
 
 def explain_graph(
@@ -31,12 +33,13 @@ def explain_graph(
     samples: int = 16,
     noise: float = 0.15,
     var: bool = False,
-    temperature: float = 10.0,
-    tau: float = 0.01,
-    var_scale: str = "none",
-    classes: str | None = None,
+    temperature: float = TEMPERATURE,
+    tau: float = TAU,
+    var_scale: str = VAR_SCALE,
+    classes: ClassesArg | None = None,
     seed: int = 0,
     batch: int | None = None,
+    name: str | None = None,
     target: str = "portable",
 ) -> onnx.ModelProto:
     """Rewrite an ONNX classifier into a graph that also returns per-class attributions.
@@ -47,6 +50,10 @@ def explain_graph(
     ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for ``gradcam``) and, with
     ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
     standard ONNX ops are emitted.
+
+    ``classes`` (``"top4+min"``, ``"topK"``, K, or class ids; ``varrt.core.classes``) builds the
+    choice into the graph. ``name`` is what error messages call the model (default: its path, or
+    the graph's name).
 
     ``batch`` fixes the image batch axis to that size (the model's is usually dynamic).
     ``target`` picks the graph passes run after the backward (export/passes/): "portable" (none:
@@ -64,7 +71,8 @@ def explain_graph(
     if target not in TARGETS:
         raise UsageError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
-    name = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
+    name = name or (str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model"))
+    chosen = None if classes is None else parse_classes(classes, var=var)
     spec = METHOD_TABLE[method]
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise UsageError(f"--batch must be a positive integer (got {batch!r})")
@@ -72,23 +80,22 @@ def explain_graph(
         raise UsageError(f"{method} runs its {'steps' if spec.batching == 'interpolate' else 'samples'} "
                          "along the batch axis, so it cannot be fixed: leave --batch out")
     proto = read_model(model)
-    if {o.name for o in proto.graph.output} >= {"logits", "attributions"}:
-        raise UsageError(f"{name}: is already an explanation graph (it has 'attributions')")
+    if {o.name for o in proto.graph.output} >= {LOGITS, ATTRIBUTIONS}:
+        raise UsageError(f"{name}: is already an explanation graph (it has '{ATTRIBUTIONS}')")
     clf = load_classifier(proto, name, batch=batch)
     builder = _Builder(clf, spec, seed)
     try:
         outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                                classes=classes)
+                                classes=chosen)
     except ModelError as error:  # rules name the node and op; the user also needs the file
-        raise type(error)(f"{name}: {error}") from None
+        raise type(error)(f"{name}: {error}") from error
     if var:
-        from varrt.kernels.var_graph import append_var
-
-        rank = len(_output_shape("attributions", clf, {"method": method}))
-        outputs["var_attributions"] = append_var(builder.em.tape, outputs["attributions"], temperature=temperature,
+        rank = len(_output_shape(ATTRIBUTIONS, clf, {"method": method}))
+        outputs[VAR_ATTRIBUTIONS] = append_var(builder.em.tape, outputs[ATTRIBUTIONS], temperature=temperature,
                                                  tau=tau, opset=clf.opset, scale=var_scale, rank=rank)
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                   var=var, temperature=temperature, tau=tau, var_scale=var_scale, classes=classes, batch=batch, target=target)
+                   var=var, temperature=temperature, tau=tau, var_scale=var_scale,
+                   classes=chosen and chosen.text, batch=batch, target=target)
     return _finish(clf, outputs, options)
 
 
@@ -111,7 +118,7 @@ class _Builder:
         self.image = clf.data_input
         self.wrt = clf.data_input  # what the backward differentiates: the batched image, if batched
 
-    def build(self, *, layer, steps, baseline, samples, noise, classes) -> dict[str, ir.Value]:
+    def build(self, *, layer, steps, baseline, samples, noise, classes: ClassSpec | None) -> dict[str, ir.Value]:
         em, spec = self.em, self.spec
         image = self.image
         blocks, block_weights = 1, np.ones(1)
@@ -124,7 +131,7 @@ class _Builder:
                                em.const(np.array(0, np.int64)), axis=0)
         class_ids = self._class_ids(logits, classes)
         seed = self._one_hot(class_ids, logits)  # [K, N, C]
-        outputs = {"logits": logits, "class_ids": class_ids}
+        outputs = {LOGITS: logits, CLASS_IDS: class_ids}
 
         if spec.cam:
             cam = self._gradcam(seed, layer)  # [K, N, H, W]
@@ -142,7 +149,7 @@ class _Builder:
                 grad = em.Mul(grad, self.image if not spec.batching else em.Sub(self.image, self._baseline))
             attributions = grad
         rank = 4 if spec.cam and not spec.modified else len(self.image.shape) + 1  # type: ignore[arg-type]
-        outputs["attributions"] = em.Transpose(attributions, perm=[1, 0] + list(range(2, rank)))
+        outputs[ATTRIBUTIONS] = em.Transpose(attributions, perm=[1, 0] + list(range(2, rank)))
         return outputs
 
     # -- pieces -------------------------------------------------------------------------------
@@ -159,18 +166,21 @@ class _Builder:
             raise ModelError(f"the number of classes of '{source.name}' must be static (shape {source.shape})")
         return int(np.prod(dims))  # type: ignore[arg-type]
 
-    def _class_ids(self, logits: ir.Value, classes: str | None) -> ir.Value:
+    def _class_ids(self, logits: ir.Value, classes: ClassSpec | None) -> ir.Value:
         em = self.em
         if classes is None:
-            batch = self.image.shape[0] if self.image.shape is not None else "N"  # type: ignore[index]
-            ids = ir.Value(name="class_ids", type=ir.TensorType(ir.DataType.INT64),
+            batch = self.image.shape[0] if self.image.shape is not None else "N"
+            ids = ir.Value(name=CLASS_IDS, type=ir.TensorType(ir.DataType.INT64),
                            shape=ir.Shape([batch if batch is not None else "N", "K"]))
             self.graph.inputs.append(ids)
             return ids
-        top, with_min = _parse_class_rule(classes)
-        num_classes = self._num_classes(logits)
-        if top + int(with_min) > num_classes or top < 1:
-            raise UsageError(f"classes '{classes}' asks for more classes than the model's {num_classes}")
+        check_spec_fits(classes, self._num_classes(logits))
+        if classes.ids is not None:  # the same ids for every image: [1, K] broadcast to [N, K]
+            rows = em.Concat(em.shape(logits, 0, 1), em.ints([1]), axis=0)
+            return em.Expand(em.const(np.array([classes.ids], dtype=np.int64)), rows)
+        assert classes.rule is not None
+        with_min = classes.rule.endswith("+min")
+        top = classes.k - int(with_min)
         if em.opset >= 10:
             _, picked = em.op_multi("TopK", [logits, em.ints([top])], 2, axis=1)
         else:
@@ -246,16 +256,6 @@ class _Builder:
         return separable_vjp(Context(em), cam, [up[0].T.copy(), up[1].T.copy()])
 
 
-def _parse_class_rule(text: str) -> tuple[int, bool]:
-    """"top4+min" -> (4, True); "top5" -> (5, False)."""
-    spec = text.strip().lower()
-    with_min = spec.endswith("+min")
-    head = spec[: -len("+min")] if with_min else spec
-    if not head.startswith("top") or not head[3:].isdigit():
-        raise UsageError(f"unknown class rule '{text}' (use e.g. 'top4+min' or 'top5')")
-    return int(head[3:]), with_min
-
-
 def _feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str | None) -> ir.Value:
     """The Grad-CAM layer: named, or the last rank-4 map with H*W > 1 between image and logits."""
     values = {v.name: v for node in graph for v in node.outputs}
@@ -297,11 +297,9 @@ def _ancestors(value: ir.Value) -> set[ir.Value]:
 
 def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
     """[size_out, size_in]: bilinear upsampling with half-pixel centres (align_corners=False)."""
-    import onnx.helper as oh
-
     def make(axis: int, spatial_rank: int, in_size: int):
         sizes = onnx.numpy_helper.from_array(np.array([in_size, 1, size_out], np.int64), "sizes")
-        node = oh.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
+        node = onnx.helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
                             coordinate_transformation_mode="half_pixel")
         return node, [sizes]
 
@@ -318,9 +316,11 @@ def _rename_reserved(graph: ir.Graph) -> None:
 
 def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onnx.ModelProto:
     graph = clf.model.graph
-    ordered = ["logits", "attributions", "var_attributions"]
+    image_dtype = clf.data_input.dtype
+    assert image_dtype is not None  # load_classifier picked the one input with a float dtype
+    ordered = [LOGITS, ATTRIBUTIONS, VAR_ATTRIBUTIONS]
     if options["classes"] is not None:
-        ordered.append("class_ids")
+        ordered.append(CLASS_IDS)
     graph.outputs.clear()
     for key in ordered:
         if key not in outputs:
@@ -329,7 +329,7 @@ def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onn
         if value.is_graph_input() or value.is_graph_output() or value.name == key and value.producer() is None:
             value = Emitter(graph, clf.opset).Identity(value)
         value.name = key
-        value.type = ir.TensorType(ir.DataType.INT64 if key == "class_ids" else clf.data_input.dtype)
+        value.type = ir.TensorType(ir.DataType.INT64 if key == CLASS_IDS else image_dtype)
         value.shape = _output_shape(key, clf, options)
         graph.outputs.append(value)
     ir_passes.RemoveUnusedNodesPass()(clf.model)
@@ -341,7 +341,7 @@ def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onn
     known = [o for o in proto.opset_import if (o.domain or "ai.onnx", o.version) in onnx.helper.OP_SET_ID_VERSION_MAP]
     proto.ir_version = max(7, onnx.helper.find_min_ir_version_for(known))
     proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    proto.producer_name, proto.producer_version = "varrt", _version()
+    proto.producer_name, proto.producer_version = "varrt", __version__
     for key, value in options.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = f"varrt.{key}", str(value)
@@ -351,18 +351,14 @@ def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onn
 def _output_shape(key: str, clf: Classifier, options: dict) -> ir.Shape:
     image = list(clf.data_input.shape or [])
     batch = image[0] if image else "N"
-    if key == "logits":
+    if key == LOGITS:
         dims = list(clf.logits_source.shape or [])[1:]
-        classes = int(np.prod(dims)) if dims and all(isinstance(d, int) for d in dims) else "C"
+        sizes = [d for d in dims if isinstance(d, int)]
+        classes = int(np.prod(sizes)) if dims and len(sizes) == len(dims) else "C"
         return ir.Shape([batch, classes])
-    if key == "class_ids":
+    if key == CLASS_IDS:
         return ir.Shape([batch, "K"])
     spec = METHOD_TABLE[options["method"]]
     tail = image[2:] if spec.cam and not spec.modified else image[1:]
     return ir.Shape([batch, "K", *tail])
 
-
-def _version() -> str:
-    from varrt import __version__
-
-    return __version__

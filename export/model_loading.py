@@ -19,9 +19,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
+from varrt.core.contract import MAX_OPSET, MIN_OPSET
 from varrt.core.errors import ModelError, UnsupportedOpError, UsageError
-
-MIN_OPSET, MAX_OPSET = 9, 25
 
 # Ops folded when all their inputs are constants: the shape arithmetic and weight construction
 # exporters leave behind. A whitelist, because folding runs onnx.reference, whose kernels for
@@ -52,11 +51,11 @@ def read_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         return model
     path = Path(model)
     if not path.is_file():
-        raise UsageError(f"model file not found: {path}")
+        raise ModelError(f"no such model file: {path}")
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf raises several unrelated types for a bad file
-        raise ModelError(f"{path}: not a readable ONNX model ({_first_line(error)})") from None
+        raise ModelError(f"{path}: not a readable ONNX model ({_first_line(error)})") from error
 
 
 def load_classifier(proto: onnx.ModelProto, name: str = "model", batch: int | None = None) -> Classifier:
@@ -67,19 +66,19 @@ def load_classifier(proto: onnx.ModelProto, name: str = "model", batch: int | No
     try:
         onnx.checker.check_model(proto)
     except Exception as error:  # ValidationError, or UnicodeDecodeError on non-UTF-8 names
-        raise ModelError(f"{name}: fails onnx.checker: {_first_line(error)}") from None
+        raise ModelError(f"{name}: fails onnx.checker: {_first_line(error)}") from error
     try:
         model = ir.serde.deserialize_model(proto)
         ir_passes.RemoveInitializersFromInputsPass()(model)
     except Exception as error:  # SerdeError on tensors whose data contradicts their type or dims
         cause = error.__cause__ or error
-        raise ModelError(f"{name}: cannot read the graph: {_first_line(cause)}") from None
+        raise ModelError(f"{name}: cannot read the graph: {_first_line(cause)}") from error
     for init in model.graph.initializers.values():
         try:  # the checker does not compare a tensor's data size with its dims; rules would fail later
             if init.const_value is not None:
                 init.const_value.numpy()
         except Exception as error:
-            raise ModelError(f"{name}: initializer '{init.name}' is unreadable: {_first_line(error)}") from None
+            raise ModelError(f"{name}: initializer '{init.name}' is unreadable: {_first_line(error)}") from error
     fold_constants(model.graph)
     fold_pads_into_convs(model.graph)
     if batch is not None:
@@ -157,7 +156,7 @@ def infer_shapes(model: ir.Model, name: str) -> None:
     try:
         ir_passes.ShapeInferencePass(strict_mode=False)(model)
     except Exception as error:
-        raise ModelError(f"{name}: ONNX shape inference failed: {_first_line(error)}") from None
+        raise ModelError(f"{name}: ONNX shape inference failed: {_first_line(error)}") from error
     # ONNX infers negative sizes for windows larger than their input (a kernel of 100 on 8 pixels);
     # left in, they abort C++ shape code later (std::clamp assertions), so stop here.
     for node in model.graph:

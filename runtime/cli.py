@@ -11,21 +11,30 @@ status ``error.exit_code`` (2 for usage errors, 1 otherwise); ``--debug`` adds t
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
 import logging
 import os
-import secrets
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from varrt import __version__
+import onnx
+from varrt import data
+from varrt.bench import cli as bench_cli
+from varrt.core import defaults
 from varrt.core.errors import UsageError, VarrtError
+from varrt.core.options import ExplainOptions
+from varrt.core.version import __version__
+from varrt.explainer import Explainer, Explanation
+from varrt.export import METHODS, explain_graph
+from varrt.export.model_loading import read_model
+from varrt.files import atomic_path
+from varrt.images import Preprocessing, check_readable, iter_batches, preprocessing_for
+from varrt.overlay import explanation_figure, short_label
+from varrt.progress import Progress
 
 _BACKENDS = ("auto", "onnxruntime", "onnxruntime-cpu", "cuda", "onnxruntime-cuda", "tensorrt")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -38,44 +47,6 @@ Run = Callable[[argparse.Namespace], "int | None"]
 
 
 # --- helpers shared by the subcommands ------------------------------------------------------------
-def _methods() -> tuple[str, ...]:
-    from varrt.export.methods import METHODS
-
-    return METHODS
-
-
-def parse_class_spec(text: str) -> str | int | list[int]:
-    """CLI class spec: ``top4+min``, ``top3``, ``3`` (= top3) or ids ``281,285``."""
-    text = text.strip()
-    if "," in text:
-        try:
-            return [int(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise UsageError(f"--classes {text!r}: a list of class ids must be integers, e.g. 281,285") from None
-    if text.isdigit():
-        return int(text)
-    return text
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it only once the block succeeds.
-
-    Readers never see a half-written file, and an interrupted run leaves the old file intact.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name that the writer creates itself, so the file gets the usual umask permissions
-    # (mkstemp would leave it readable by its owner only).
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def check_writable_dir(path: Path) -> None:
     """Raise a VarrtError unless ``path`` is (or can be created as) a writable directory."""
     existing = path
@@ -117,21 +88,17 @@ def _output_stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
-def _read_labels(spec: str | None, model: Path) -> list[str] | None:
+def _read_labels(spec: str | None, model: onnx.ModelProto) -> list[str] | None:
     """Class names from ``--labels FILE`` or ``imagenet``; else ImageNet's if the model says so."""
-    from varrt import data
-
     if spec is None:
-        from varrt.images import _as_model
-
-        metadata = {p.key: p.value for p in _as_model(model).metadata_props}
+        metadata = {p.key: p.value for p in model.metadata_props}
         return list(data.imagenet_labels()) if metadata.get("varrt.labels") == "imagenet" else None
     if spec == "imagenet":
         return list(data.imagenet_labels())
     try:
         return Path(spec).read_text(encoding="utf-8").splitlines()
     except OSError as error:
-        raise VarrtError(f"cannot read labels file {spec}: {error.strerror or error}") from None
+        raise VarrtError(f"cannot read labels file {spec}: {error.strerror or error}") from error
 
 
 def _numpy(array: Any) -> Any:
@@ -145,134 +112,140 @@ def _numpy(array: Any) -> Any:
 # --- explain / demo -------------------------------------------------------------------------------
 @dataclass
 class ExplainJob:
-    """Everything ``varrt explain`` (and ``varrt demo``) needs to run."""
+    """Everything ``varrt explain`` (and ``varrt demo``) needs to run: what to explain with
+    (``options``, the record the Explainer keeps too), and the command line's own inputs and outputs."""
 
     model: Path
     images: list[Path]
     out: Path
-    method: str = "guided_backprop"
-    classes: str | int | list[int] = "top4+min"
-    backend: str = "auto"
-    device: str = "auto"
-    batch_size: int = 8
+    options: ExplainOptions
     preset: str | None = None
     mean: list[float] | None = None
     std: list[float] | None = None
     size: tuple[int, int] | None = None
     labels: str | None = None
-    var: bool = True
-    temperature: float = 10.0
-    tau: float = 0.01
-    var_scale: str = "none"
     overlays: bool = True
     quiet: bool = False
-    method_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Explained:
+    """One image's explanation, on the host: what its .npz and .png are made of."""
+
+    source: Path
+    stem: str
+    pixels: np.ndarray
+    class_ids: np.ndarray
+    names: list[str]
+    probabilities: np.ndarray  # over all classes
+    top_name: str  # of the most likely class, explained or not
+    logits: np.ndarray
+    attributions: np.ndarray
+    var: np.ndarray | None
 
 
 def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
     """Explain every image of ``job``: per image ``<stem>.npz`` and ``<stem>.png`` in ``job.out``.
 
     Returns one summary per image (file, outputs, top class); prints a line per image and where
-    the outputs are unless ``job.quiet``.
+    the outputs are unless ``job.quiet``. The model file is read once and handed on.
     """
-    from varrt.explainer import Explainer
-    from varrt.images import check_readable, iter_batches, preprocessing_for
-    from varrt.overlay import explanation_figure, short_label
-    from varrt.progress import Progress
-
-    stdout = stdout if stdout is not None else sys.stdout
-    if not job.model.is_file():
-        raise VarrtError(f"no such model file: {job.model}")
-    prep = preprocessing_for(job.model, preset_name=job.preset, mean=job.mean, std=job.std, size=job.size)
-    labels = _read_labels(job.labels, job.model)
+    model = read_model(job.model)
+    prep = preprocessing_for(model, preset_name=job.preset, mean=job.mean, std=job.std, size=job.size)
+    labels = _read_labels(job.labels, model)
     # Fail on a bad image or an unwritable --out before the (slow) graph build and before any
     # output is written.
     check_writable_dir(job.out)
     check_readable(job.images)
-    explainer = Explainer(
-        str(job.model),
-        method=job.method,
-        classes=job.classes,
-        backend=job.backend,
-        device=job.device,
-        var=job.var,
-        temperature=job.temperature,
-        tau=job.tau,
-        var_scale=job.var_scale,
-        batch_size=job.batch_size,
-        **job.method_options,
-    )
+    explainer = Explainer.from_options(model, job.options, name=str(job.model))
     job.out.mkdir(parents=True, exist_ok=True)
-    stems = iter(_output_stems(job.images))
+    summaries: list[dict[str, Any]] = []
+    with Progress(len(job.images), label=job.options.method, enabled=False if job.quiet else None) as bar:
+        for image in _explain_images(job, explainer, prep, labels):
+            outputs = _write_outputs(job, image)
+            summaries.append(_summary(image, outputs))
+            bar.update(1, note=image.source.name)
+    if not job.quiet:
+        _print_summaries(job, summaries, explainer.backend_name, stdout if stdout is not None else sys.stdout)
+    return summaries
+
+
+def _explain_images(
+    job: ExplainJob, explainer: Explainer, prep: Preprocessing, labels: list[str] | None
+) -> Iterator[_Explained]:
+    """Each image's explanation, batch by batch."""
 
     def name_of(class_id: int) -> str:
         return labels[class_id] if labels is not None and class_id < len(labels) else f"class {class_id}"
 
-    summaries: list[dict[str, Any]] = []
-    with Progress(len(job.images), label=job.method, enabled=False if job.quiet else None) as bar:
-        for batch in iter_batches(job.images, prep, job.batch_size):
-            explanation = explainer(batch.inputs)
-            class_ids = _numpy(explanation.class_ids).astype(np.int64)
-            logits = _numpy(explanation.logits)
-            probabilities = _numpy(explanation.probabilities)
-            attributions = _numpy(explanation.attributions)
-            var = _numpy(explanation.var)
-            for i, source in enumerate(batch.paths):
-                stem = next(stems)
-                ids = class_ids[i]
-                class_probabilities = probabilities[i][ids]
-                names = [name_of(int(c)) for c in ids]
-                arrays = {
-                    "class_ids": ids,
-                    "class_names": np.array(names),
-                    "probabilities": class_probabilities.astype(np.float32),
-                    "logits": logits[i].astype(np.float32),
-                    "attributions": attributions[i].astype(np.float32),
-                }
-                if var is not None:
-                    arrays["var"] = var[i].astype(np.float32)
-                npz_path = job.out / f"{stem}.npz"
-                with atomic_path(npz_path) as temporary, open(temporary, "wb") as handle:
-                    np.savez(handle, **arrays)
-                outputs = [npz_path]
-                if job.overlays:
-                    figure = explanation_figure(
-                        batch.pixels[i],
-                        attributions[i],
-                        None if var is None else var[i],
-                        names,
-                        class_probabilities,
-                        method=job.method,
-                        title=f"{Path(source).name}: {job.method}",
-                    )
-                    png_path = job.out / f"{stem}.png"
-                    with atomic_path(png_path) as temporary:
-                        figure.save(temporary, format="PNG")
-                    outputs.append(png_path)
-                top = int(np.argmax(probabilities[i]))
-                summary = {
-                    "image": source,
-                    "outputs": outputs,
-                    "top_class": top,
-                    "top_name": name_of(top),
-                    "top_probability": float(probabilities[i][top]),
-                }
-                summaries.append(summary)
-                bar.update(1, note=Path(source).name)
-    if not job.quiet:
-        for summary in summaries:
-            print(
-                f"{Path(summary['image']).name}: {short_label(summary['top_name'])} "
-                f"(p={summary['top_probability']:.2f}) -> {', '.join(p.name for p in summary['outputs'])}",
-                file=stdout,
+    stems = iter(_output_stems(job.images))
+    for batch in iter_batches(job.images, prep, job.options.batch_size):
+        explanation: Explanation = explainer(batch.inputs)
+        class_ids = _numpy(explanation.class_ids).astype(np.int64)
+        logits = _numpy(explanation.logits)
+        probabilities = _numpy(explanation.probabilities)
+        attributions = _numpy(explanation.attributions)
+        var = _numpy(explanation.var)
+        for i, source in enumerate(batch.paths):
+            yield _Explained(
+                source=Path(source),
+                stem=next(stems),
+                pixels=batch.pixels[i],
+                class_ids=class_ids[i],
+                names=[name_of(int(c)) for c in class_ids[i]],
+                probabilities=probabilities[i],
+                top_name=name_of(int(np.argmax(probabilities[i]))),
+                logits=logits[i],
+                attributions=attributions[i],
+                var=None if var is None else var[i],
             )
-        kinds = "explanations (.npz) and overlays (.png)" if job.overlays else "explanations (.npz)"
-        print(
-            f"varrt: {len(summaries)} {kinds} from {job.method}"
-            f"{' + VAR' if job.var else ''} on {explainer.backend_name} in {job.out.resolve()}",
-            file=stdout,
-        )
-    return summaries
+
+
+def _write_outputs(job: ExplainJob, image: _Explained) -> list[Path]:
+    """``<stem>.npz`` (and ``<stem>.png`` with overlays), each written atomically."""
+    arrays = {
+        "class_ids": image.class_ids,
+        "class_names": np.array(image.names),
+        "probabilities": image.probabilities[image.class_ids].astype(np.float32),
+        "logits": image.logits.astype(np.float32),
+        "attributions": image.attributions.astype(np.float32),
+    }
+    if image.var is not None:
+        arrays["var"] = image.var.astype(np.float32)
+    npz_path = job.out / f"{image.stem}.npz"
+    with atomic_path(npz_path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, **arrays)
+    outputs = [npz_path]
+    if job.overlays:
+        method = job.options.method
+        figure = explanation_figure(image.pixels, image.attributions, image.var, image.names,
+                                    arrays["probabilities"], method=method, title=f"{image.source.name}: {method}")
+        png_path = job.out / f"{image.stem}.png"
+        with atomic_path(png_path) as temporary:
+            figure.save(temporary, format="PNG")
+        outputs.append(png_path)
+    return outputs
+
+
+def _summary(image: _Explained, outputs: list[Path]) -> dict[str, Any]:
+    top = int(np.argmax(image.probabilities))
+    return {
+        "image": image.source,
+        "outputs": outputs,
+        "top_class": top,
+        "top_name": image.top_name,
+        "top_probability": float(image.probabilities[top]),
+    }
+
+
+def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: str, stdout: Any) -> None:
+    for summary in summaries:
+        outputs = ", ".join(p.name for p in summary["outputs"])
+        print(f"{Path(summary['image']).name}: {short_label(summary['top_name'])} "
+              f"(p={summary['top_probability']:.2f}) -> {outputs}", file=stdout)
+    kinds = "explanations (.npz) and overlays (.png)" if job.overlays else "explanations (.npz)"
+    print(f"varrt: {len(summaries)} {kinds} from {job.options.method}{' + VAR' if job.options.var else ''} "
+          f"on {backend} in {job.out.resolve()}", file=stdout)
 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -282,27 +255,30 @@ def _method_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
+    options = ExplainOptions(
+        method=args.method,
+        classes=args.classes,
+        var=not args.no_var,
+        temperature=args.temperature,
+        tau=args.tau,
+        var_scale=args.var_scale,
+        backend=args.backend,
+        device=args.device,
+        batch_size=args.batch_size,
+        method_options=_method_options(args),
+    )
     job = ExplainJob(
         model=Path(args.model),
         images=_collect_images(args.images),
         out=Path(args.out),
-        method=args.method,
-        classes=parse_class_spec(args.classes),
-        backend=args.backend,
-        device=args.device,
-        batch_size=args.batch_size,
+        options=options,
         preset=args.preset,
         mean=args.mean,
         std=args.std,
         size=_size(args.size),
         labels=args.labels,
-        var=not args.no_var,
-        temperature=args.temperature,
-        tau=args.tau,
-        var_scale=args.var_scale,
         overlays=not args.no_overlays,
         quiet=args.quiet,
-        method_options=_method_options(args),
     )
     run_explain(job)
     return 0
@@ -317,28 +293,16 @@ def _size(values: list[int] | None) -> tuple[int, int] | None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from varrt import data
-
-    job = ExplainJob(
-        model=data.demo_model_path(),
-        images=data.demo_images(),
-        out=Path(args.out),
-        method=args.method,
-        classes="top4+min",
-        backend=args.backend,
-        device=args.device,
-        batch_size=args.batch_size,
-        quiet=args.quiet,
-    )
+    options = ExplainOptions(method=args.method, backend=args.backend, device=args.device, batch_size=args.batch_size)
+    job = ExplainJob(model=data.demo_model_path(), images=data.demo_images(), out=Path(args.out), options=options,
+                     quiet=args.quiet)
     run_explain(job)
     return 0
 
 
 # --- export ---------------------------------------------------------------------------------------
-def save_model(proto: Any, path: Path) -> None:
+def save_model(proto: onnx.ModelProto, path: Path) -> None:
     """Write an ONNX model atomically; weights go to ``<name>.data`` beside it past 1.8 GB."""
-    import onnx
-
     external = proto.ByteSize() > _EXTERNAL_DATA_BYTES
     with atomic_path(path) as temporary:
         if external:
@@ -355,21 +319,16 @@ def save_model(proto: Any, path: Path) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from varrt import export
-
-    model = Path(args.model)
-    if not model.is_file():
-        raise VarrtError(f"no such model file: {model}")
     options = _method_options(args)
     if args.classes is not None:
-        options["classes"] = parse_class_spec(args.classes)
+        options["classes"] = args.classes  # parsed by the exporter (varrt.core.classes)
     if args.batch is not None:
         options["batch"] = args.batch
     if args.var:
         options.update(var=True, temperature=args.temperature, tau=args.tau, var_scale=args.var_scale)
-    check_writable_dir(Path(args.output).parent)
-    proto = export.explain_graph(str(model), method=args.method, **options)
     out = Path(args.output)
+    check_writable_dir(out.parent)
+    proto = explain_graph(args.model, method=args.method, **options)
     save_model(proto, out)
     outputs = ", ".join(value.name for value in proto.graph.output)
     print(f"varrt: wrote {out} ({args.method}; outputs: {outputs})")
@@ -400,9 +359,20 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_var_options(parser: Any) -> None:
+    """--temperature, --tau, --var-scale (on a parser or an argument group)."""
+    parser.add_argument("--temperature", type=float, default=defaults.TEMPERATURE,
+                        help=f"VAR softmax temperature T (default {defaults.TEMPERATURE:g})")
+    parser.add_argument("--tau", type=float, default=defaults.TAU,
+                        help=f"VAR threshold tau on M_k - 1/K (default {defaults.TAU:g})")
+    parser.add_argument("--var-scale", choices=defaults.VAR_SCALES, default=defaults.VAR_SCALE,
+                        help="what T multiplies: 'none' = raw |A| (the paper; default), 'max' = |A| divided by each "
+                        "image's largest |A| (units-free; see README)")
+
+
 def _method_help(default: str | None) -> str:
     suffix = f" (default {default})" if default else ""
-    return f"attribution method: {', '.join(_methods())}{suffix}"
+    return f"attribution method: {', '.join(METHODS)}{suffix}"
 
 
 def _add_runtime_options(parser: argparse.ArgumentParser, batch_size: int) -> None:
@@ -437,13 +407,13 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
     parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier (input [N, C, H, W])")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files, or directories of them")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
-    parser.add_argument("--method", "-m", default="guided_backprop", help=_method_help("guided_backprop"))
+    parser.add_argument("--method", "-m", default=defaults.METHOD, help=_method_help(defaults.METHOD))
     parser.add_argument(
         "--classes",
-        default="top4+min",
+        default=defaults.CLASSES,
         metavar="SPEC",
         help="classes to explain per image: topK, topK+min (K most likely + least likely), "
-        "K (= topK) or class ids 281,285 (default top4+min)",
+        f"K (= topK) or class ids 281,285 (default {defaults.CLASSES})",
     )
     _add_runtime_options(parser, batch_size=8)
     prep = parser.add_argument_group(
@@ -471,11 +441,7 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
     )
     var = parser.add_argument_group("VAR")
     var.add_argument("--no-var", action="store_true", help="skip VAR: base attributions only")
-    var.add_argument("--temperature", type=float, default=10.0, help="VAR softmax temperature T (default 10)")
-    var.add_argument("--tau", type=float, default=0.01, help="VAR threshold tau on M_k - 1/K (default 0.01)")
-    var.add_argument("--var-scale", choices=("none", "max"), default="none",
-                     help="what T multiplies: 'none' = raw |A| (the paper; default), 'max' = |A| divided by each "
-        "image's largest |A| (units-free; see README)")
+    _add_var_options(var)
     parser.add_argument("--no-overlays", action="store_true", help="write only the .npz files, no PNGs")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
     _add_method_options(parser)
@@ -496,7 +462,7 @@ def add_demo_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         ),
     )
     parser.add_argument("--out", "-o", default=DEMO_OUT, metavar="DIR", help=f"output directory (default ./{DEMO_OUT})")
-    parser.add_argument("--method", "-m", default="guided_backprop", help=_method_help("guided_backprop"))
+    parser.add_argument("--method", "-m", default=defaults.METHOD, help=_method_help(defaults.METHOD))
     _add_runtime_options(parser, batch_size=4)
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
     parser.set_defaults(run=_run_demo)
@@ -525,11 +491,7 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "the class_ids input)",
     )
     parser.add_argument("--var", action="store_true", help="also output var_attributions (VAR inside the graph)")
-    parser.add_argument("--temperature", type=float, default=10.0, help="VAR softmax temperature T (default 10)")
-    parser.add_argument("--tau", type=float, default=0.01, help="VAR threshold tau (default 0.01)")
-    parser.add_argument("--var-scale", choices=("none", "max"), default="none",
-                        help="what T multiplies: 'none' = raw |A| (the paper; default), 'max' = |A| divided by each "
-        "image's largest |A| (units-free; see README)")
+    _add_var_options(parser)
     parser.add_argument("--batch", type=int, metavar="B",
                         help="fix the image batch axis to B (default: the model's, usually dynamic). 1 is the "
                         "graph for ONNX Runtime on CPUs, one image per run: there the guided-backprop masks stay in "
@@ -538,30 +500,13 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=_run_export)
 
 
-def _optional(module: str) -> Callable[[Any, argparse.ArgumentParser], None]:
-    """A registration from ``module.add_parser(subparsers)``, skipped while the module is absent."""
-
-    def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
-        try:
-            found = importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name is not None and module.startswith(error.name):
-                return  # not written yet
-            raise
-        add_parser = getattr(found, "add_parser", None)
-        if callable(add_parser):
-            add_parser(subparsers)
-
-    return register
-
-
 # The subcommands, in help order. Each entry adds one subparser that sets `run` (a function of
 # the parsed arguments returning an exit status); adding a subcommand is one line here.
-SUBCOMMANDS: tuple[Callable[[Any, argparse.ArgumentParser], None], ...] = (
+SUBCOMMANDS: tuple[Callable[[Any, argparse.ArgumentParser], object], ...] = (
     add_demo_parser,
     add_explain_parser,
     add_export_parser,
-    _optional("varrt.bench.cli"),  # `varrt bench`: add_parser(subparsers) sets its own `run`
+    bench_cli.add_parser,  # `varrt bench`: the one way the runtime reaches the benchmarks
 )
 
 

@@ -7,6 +7,7 @@ GPU on the backend's stream).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -16,17 +17,25 @@ from typing import Any
 
 import numpy as np
 import onnx
-from varrt import __version__
 from varrt.backends.base import Backend, tensor_specs
 from varrt.backends.select import choose_backend, create_backend, parse_device
 from varrt.cache import GraphCache, graph_cache_key
-from varrt.core.classes import ClassSpec, check_class_ids, check_spec_fits, parse_classes
+from varrt.core import defaults
+from varrt.core.classes import ClassesArg, ClassSpec, check_class_ids, check_spec_fits
+from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS, VAR_ATTRIBUTIONS
 from varrt.core.errors import ModelError, UsageError
+from varrt.core.options import ExplainOptions
+from varrt.core.version import __version__
+from varrt.export import METHODS, explain_graph
+from varrt.export.methods import METHOD_TABLE
+from varrt.export.model_loading import read_model
+from varrt.kernels import var_maps
 
 logger = logging.getLogger(__name__)
 
-# Graph variants: classes chosen inside the graph by a rule, or fed through `class_ids`.
-_FED = "class_ids"
+# Graph variants: classes chosen inside the graph by a rule (the rule names the variant), or fed
+# through the `class_ids` input.
+_FED = CLASS_IDS
 
 
 @dataclass
@@ -60,7 +69,8 @@ class Explainer:
     ((2, 5), (2, 5, 3, 224, 224))
 
     Arguments:
-        model: path to an ONNX classifier, or its ``onnx.ModelProto``.
+        model: path to an ONNX classifier, or its ``onnx.ModelProto`` (read once, by
+            ``varrt.export.model_loading.read_model``).
         method: one of ``varrt.export.METHODS`` (gradient, guided_backprop, gradcam...).
         classes: ``"top4+min"`` (4 most likely + least likely), ``"topK"``, an int K, or a list of
             class ids explained for every image. Rules run inside the graph on its own logits, so
@@ -76,15 +86,20 @@ class Explainer:
             backend runs one image at a time instead, through a graph whose batch axis is fixed
             to 1 (for methods that do not batch steps or samples): ONNX Runtime is faster per image
             that way on CPUs, and there the guided-backprop masks stay in its blocked layout
-            (``varrt/export/bias_masks.py``).
+            (``export/passes/bias_masks.py``). The CPU backend's graphs get the passes tuned
+            for it (``target="onnxruntime-cpu"``); the GPU backends get the portable graph.
         cache_dir: where explanation graphs (and TensorRT engines) are cached; default
             ``$VARRT_CACHE_DIR`` or ``~/.cache/varrt``.
         var_in_graph: compute VAR inside the graph (the exporter's ``var=True`` output) instead
             of with ``varrt.kernels.var_maps`` after it; some backends (TensorRT) fuse it better.
         backend_options: passed to the backend (``threads`` for onnxruntime-cpu; ``classes``
             (K min, opt, max), ``fp16``, ``workspace_bytes`` for TensorRT).
+        name: what error messages call the model (default: its path, or the graph's name).
         method_options: passed to ``varrt.export.explain_graph`` (``layer``, ``steps``,
             ``baseline``, ``samples``, ``noise``).
+
+    The settings are kept as one ``varrt.core.options.ExplainOptions`` (``options``), the record
+    ``varrt explain`` fills from its arguments; ``Explainer.from_options`` takes one directly.
 
     Invalid input is refused with a one-line ``varrt.core.errors.UsageError`` before anything runs: a
     batch that is not [N, C, H, W] float, an empty batch, sizes the graph does not take, class ids
@@ -100,53 +115,36 @@ class Explainer:
     def __init__(
         self,
         model: str | os.PathLike[str] | onnx.ModelProto,
-        method: str = "guided_backprop",
-        classes: Any = "top4+min",
+        method: str = defaults.METHOD,
+        classes: ClassesArg = defaults.CLASSES,
         backend: str = "auto",
         device: str | int = "auto",
         var: bool = True,
-        temperature: float = 10.0,
-        tau: float = 0.01,
+        temperature: float = defaults.TEMPERATURE,
+        tau: float = defaults.TAU,
         batch_size: int = 16,
         cache_dir: str | os.PathLike[str] | None = None,
         *,
         var_in_graph: bool = False,
-        var_scale: str = "none",
+        var_scale: str = defaults.VAR_SCALE,
         backend_options: dict[str, Any] | None = None,
+        name: str | None = None,
         **method_options: Any,
     ):
-        from varrt import export
-
-        methods = getattr(export, "METHODS", None)
-        if methods is not None and method not in methods:
-            raise UsageError(f"unknown method {method!r}: use one of {', '.join(methods)}")
-        _check_method_options(export, method_options)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if not temperature > 0 or not np.isfinite(temperature):
-            raise UsageError(f"temperature must be a positive number, got {temperature}")
-        if not np.isfinite(tau):
-            raise UsageError(f"tau must be a finite number, got {tau}")
-        self.method = method
-        self.spec: ClassSpec = parse_classes(classes, var=var)
-        self.var = var
+        options = ExplainOptions(method=method, classes=classes, var=var, temperature=float(temperature),
+                                 tau=float(tau), var_scale=var_scale, backend=backend, device=device,
+                                 batch_size=batch_size, method_options=method_options)
+        if method not in METHODS:
+            raise UsageError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+        _check_method_options(method_options)
+        self.options = options
         self.var_in_graph = var and var_in_graph
-        self.temperature = float(temperature)
-        self.tau = float(tau)
-        from varrt.kernels.maps import VAR_SCALES
-
-        if var_scale not in VAR_SCALES:
-            raise UsageError(f"unknown VAR scale {var_scale!r}: use one of {', '.join(VAR_SCALES)}")
-        self.var_scale = var_scale
-        self.batch_size = batch_size
-        self.method_options = method_options
         self.backend_options = dict(backend_options or {})
-        self._model, self._model_bytes = _read_model(model)
+        self._model, self._model_bytes, self.name = _read_model(model, name)
         self._cache = GraphCache(cache_dir)
         _, self._device_id = parse_device(device)
         self.backend_name = choose_backend(backend, device)
-        self._one_image = self.backend_name == "onnxruntime-cpu" and _takes_fixed_batch(
-            method, self._model, self._model_bytes)
+        self._one_image = self.backend_name == "onnxruntime-cpu" and _takes_fixed_batch(method, self._model)
         logger.info("varrt: Explainer runs %s on backend %s", method, self.backend_name)
         self._lock = threading.Lock()
         self._backends: dict[str, Backend] = {}
@@ -155,13 +153,36 @@ class Explainer:
         self.num_classes: int | None = None
         # Build the graph this spec needs now, so errors (bad model, too many classes) surface here.
         main = self._variant_backend(self.spec.rule or _FED)
-        self.input_name = next(spec.name for spec in main.inputs if spec.name != "class_ids")
+        self.input_name = next(spec.name for spec in main.inputs if spec.name != CLASS_IDS)
+
+    @classmethod
+    def from_options(
+        cls,
+        model: str | os.PathLike[str] | onnx.ModelProto,
+        options: ExplainOptions,
+        cache_dir: str | os.PathLike[str] | None = None,
+        **settings: Any,
+    ) -> Explainer:
+        """An Explainer for ``options``; ``settings`` are the other keyword arguments
+        (``var_in_graph``, ``backend_options``, ``name``)."""
+        return cls(model, options.method, options.classes, options.backend, options.device, options.var,
+                   options.temperature, options.tau, options.batch_size, cache_dir, var_scale=options.var_scale,
+                   **settings, **options.method_options)
+
+    @property
+    def method(self) -> str:
+        return self.options.method
+
+    @property
+    def spec(self) -> ClassSpec:
+        """The parsed class spec."""
+        return self.options.spec
 
     # --- public -----------------------------------------------------------------------------------
     def __call__(self, images: Any, class_ids: Any = None) -> Explanation:
         """Explain a float32 batch [N, C, H, W]; ``class_ids`` [N, K] overrides the class spec."""
         if class_ids is not None:
-            ids: np.ndarray | None = check_class_ids(_to_numpy(class_ids), self.num_classes, var=self.var)
+            ids: np.ndarray | None = check_class_ids(_to_numpy(class_ids), self.num_classes, var=self.options.var)
             variant = _FED
         elif self.spec.ids is not None:
             ids = None  # tiled per batch below, once N is known
@@ -178,30 +199,30 @@ class Explainer:
         if ids is None and self.spec.ids is not None:
             ids = np.tile(np.asarray(self.spec.ids, dtype=np.int64), (count, 1))
 
-        parts: dict[str, list[Any]] = {"logits": [], "attributions": [], "class_ids": [], "var": []}
+        parts: dict[str, list[Any]] = {LOGITS: [], ATTRIBUTIONS: [], CLASS_IDS: [], "var": []}
         step = self._run_size(backend)
         for start in range(0, count, step):
             stop = min(start + step, count)
             feeds = {self.input_name: images[start:stop]}
             if ids is not None:
-                feeds["class_ids"] = ids[start:stop]
+                feeds[CLASS_IDS] = ids[start:stop]
             outputs = backend.run(feeds)
-            parts["logits"].append(outputs["logits"])
-            parts["attributions"].append(outputs["attributions"])
-            parts["class_ids"].append(outputs["class_ids"] if ids is None else feeds["class_ids"])
+            parts[LOGITS].append(outputs[LOGITS])
+            parts[ATTRIBUTIONS].append(outputs[ATTRIBUTIONS])
+            parts[CLASS_IDS].append(outputs[CLASS_IDS] if ids is None else feeds[CLASS_IDS])
             if self.var_in_graph:
-                parts["var"].append(outputs["var_attributions"])
-            elif self.var:
-                parts["var"].append(self._var_maps(backend, outputs["attributions"]))
+                parts["var"].append(outputs[VAR_ATTRIBUTIONS])
+            elif self.options.var:
+                parts["var"].append(self._var_maps(backend, outputs[ATTRIBUTIONS]))
         xp = backend.array_module
         with backend.stream_context():
             joined = {name: _concatenate(xp, arrays) for name, arrays in parts.items() if arrays}
-            logits = joined["logits"]
+            logits = joined[LOGITS]
             return Explanation(
-                class_ids=xp.asarray(joined["class_ids"], dtype=np.int64),
+                class_ids=xp.asarray(joined[CLASS_IDS], dtype=np.int64),
                 logits=logits,
                 probabilities=_softmax(xp, logits),
-                attributions=joined["attributions"],
+                attributions=joined[ATTRIBUTIONS],
                 var=joined.get("var"),
                 method=self.method,
                 backend=self.backend_name,
@@ -229,19 +250,22 @@ class Explainer:
         classes = self.spec.rule or list(self.spec.ids or ())
         return (
             f"Explainer(method={self.method!r}, classes={classes!r}, backend={self.backend_name!r}, "
-            f"var={self.var})"
+            f"var={self.options.var})"
         )
 
     # --- graphs and backends ----------------------------------------------------------------------
     def graph_options(self, variant: str) -> dict[str, Any]:
         """The ``explain_graph`` options of a graph variant (a class rule, or "class_ids")."""
-        options = dict(self.method_options)
+        options = dict(self.options.method_options)
         options["classes"] = None if variant == _FED else variant
         options["var"] = self.var_in_graph
         if self._one_image:
             options.setdefault("batch", 1)
+        if self.backend_name == "onnxruntime-cpu":  # GPU backends run the portable graph
+            options.setdefault("target", "onnxruntime-cpu")
         if self.var_in_graph:
-            options.update(temperature=self.temperature, tau=self.tau, var_scale=self.var_scale)
+            options.update(temperature=self.options.temperature, tau=self.options.tau,
+                           var_scale=self.options.var_scale)
         return options
 
     def _variant_backend(self, variant: str) -> Backend:
@@ -261,7 +285,7 @@ class Explainer:
                     self.backend_name,
                     graph,
                     device_id=self._device_id,
-                    batch_size=self.batch_size,
+                    batch_size=self.options.batch_size,
                     cache_dir=self._cache.directory,
                     stream=self._shared_stream(),
                     **self._backend_options(variant),
@@ -271,8 +295,6 @@ class Explainer:
         return backend
 
     def _graph(self, variant: str) -> onnx.ModelProto:
-        from varrt import export
-
         options = self.graph_options(variant)
         key = graph_cache_key(self._model_bytes, self.method, options, __version__)
         self.graph_paths[variant] = self._cache.path(key)
@@ -280,7 +302,7 @@ class Explainer:
         if graph is not None:
             logger.info("varrt: using cached explanation graph %s", self.graph_paths[variant])
             return graph
-        graph = export.explain_graph(self._model, self.method, **options)
+        graph = explain_graph(self._model, self.method, name=self.name, **options)
         self._cache.store(key, graph)
         logger.info("varrt: built explanation graph %s", self.graph_paths[variant])
         return graph
@@ -300,7 +322,7 @@ class Explainer:
         if self.backend_name == "onnxruntime-cpu":
             return None
         if self._stream is None:
-            import cupy
+            import cupy  # optional: only GPU backends get here
 
             with cupy.cuda.Device(self._device_id):
                 self._stream = cupy.cuda.Stream(non_blocking=True)
@@ -311,7 +333,7 @@ class Explainer:
         """Images per backend run: the graph's fixed batch, else ``batch_size``."""
         spec = next(spec for spec in backend.inputs if spec.name == self.input_name)
         fixed = spec.shape[0] if spec.shape else None
-        return fixed if isinstance(fixed, int) and fixed > 0 else self.batch_size
+        return fixed if isinstance(fixed, int) and fixed > 0 else self.options.batch_size
 
     def _check_images(self, images: Any, backend: Backend) -> Any:
         on_gpu = type(images).__module__.split(".")[0] == "cupy"
@@ -339,62 +361,49 @@ class Explainer:
         return images
 
     def _var_maps(self, backend: Backend, attributions: Any) -> Any:
-        from varrt.kernels import var_maps
-
         with backend.stream_context():
-            return var_maps(attributions, self.temperature, self.tau, scale=self.var_scale)
+            return var_maps(attributions, self.options.temperature, self.options.tau, scale=self.options.var_scale)
 
 
-def _check_method_options(export: Any, options: dict[str, Any]) -> None:
+def _check_method_options(options: dict[str, Any]) -> None:
     """Unknown keyword arguments would reach explain_graph as a TypeError; name them instead."""
-    import inspect
-
-    try:
-        parameters = inspect.signature(export.explain_graph).parameters
-    except (AttributeError, TypeError, ValueError):  # a stand-in exporter without a signature
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
+    parameters = inspect.signature(explain_graph).parameters
     # The Explainer sets these itself from its own arguments.
-    known = set(parameters) - {"model", "method", "var", "temperature", "tau", "classes", "var_scale"}
+    known = set(parameters) - {"model", "method", "var", "temperature", "tau", "classes", "var_scale", "name"}
     unknown = sorted(set(options) - known)
     if unknown:
         raise UsageError(f"unknown method option(s) {', '.join(unknown)}: use {', '.join(sorted(known))}")
 
 
-def _takes_fixed_batch(method: str, model: str | onnx.ModelProto, model_bytes: bytes) -> bool:
+def _takes_fixed_batch(method: str, proto: onnx.ModelProto) -> bool:
     """Whether the graph for ``method`` can fix the model's batch axis to 1: the method does not
-    batch steps or samples, and the model's batch axis is dynamic or 1 already. A model file is
-    parsed from the bytes ``_read_model`` already read (external weights are not needed)."""
-    from varrt.export.methods import METHOD_TABLE
-
+    batch steps or samples, and the model's batch axis is dynamic or 1 already."""
     spec = METHOD_TABLE.get(method)
     if spec is None or spec.batching:
         return False
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model_bytes)
     weights = {init.name for init in proto.graph.initializer}
     inputs = [value for value in proto.graph.input if value.name not in weights]
     dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
     return len(dims) > 0 and (not dims[0].HasField("dim_value") or dims[0].dim_value == 1)
 
 
-def _read_model(model: Any) -> tuple[str | onnx.ModelProto, bytes]:
-    """The model as explain_graph takes it, and the bytes that identify it in the cache key."""
+def _read_model(model: Any, name: str | None) -> tuple[onnx.ModelProto, bytes, str]:
+    """The model, parsed once; the bytes that identify it in the cache key; its name in messages."""
     if isinstance(model, onnx.ModelProto):
-        return model, model.SerializeToString(deterministic=True)
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        try:
-            return str(path), path.read_bytes()
-        except OSError as error:
-            raise ModelError(f"cannot read model {path}: {error.strerror or error}") from error
-    raise UsageError(f"model must be an ONNX file path or an onnx.ModelProto, not {type(model).__name__}")
+        proto = model
+        name = name or model.graph.name or "model"
+    elif isinstance(model, (str, os.PathLike)):
+        proto = read_model(model)
+        name = name or os.fspath(model)
+    else:
+        raise UsageError(f"model must be an ONNX file path or an onnx.ModelProto, not {type(model).__name__}")
+    return proto, proto.SerializeToString(deterministic=True), name
 
 
 def _num_classes(graph: onnx.ModelProto) -> int | None:
-    logits = next((spec for spec in tensor_specs(graph.graph.output) if spec.name == "logits"), None)
+    logits = next((spec for spec in tensor_specs(graph.graph.output) if spec.name == LOGITS), None)
     if logits is None:
-        raise ModelError("the explanation graph has no 'logits' output")
+        raise ModelError(f"the explanation graph has no '{LOGITS}' output")
     last = logits.shape[-1] if logits.shape else None
     return last if isinstance(last, int) and last > 0 else None
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
 from PIL import Image, UnidentifiedImageError
 from varrt.core.errors import ModelError, UsageError, VarrtError
+from varrt.export.model_loading import read_model
 
 ResizeMode = Literal["crop", "stretch"]
 
@@ -79,21 +80,12 @@ def preset(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
         raise UsageError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
 
 
-def _as_model(model: onnx.ModelProto | str | os.PathLike[str]) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return model
-    try:
-        # Only the graph's signature and metadata are needed: skip external weights.
-        return onnx.load(os.fspath(model), load_external_data=False)
-    except FileNotFoundError:
-        raise ModelError(f"no such model file: {os.fspath(model)}") from None
-    except Exception as error:  # onnx raises DecodeError and friends for non-ONNX files
-        raise ModelError(f"cannot read ONNX model {os.fspath(model)}: {error}") from None
-
-
 def image_input_shape(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[int | None, ...]:
-    """Shape of the model's first real input (not an initializer); None for symbolic dimensions."""
-    proto = _as_model(model)
+    """Shape of the model's first real input (not an initializer); None for symbolic dimensions.
+
+    A path is read with ``varrt.export.model_loading.read_model``; pass the ModelProto when the
+    model is used for more than this, so it is read once."""
+    proto = read_model(model)
     initializers = {init.name for init in proto.graph.initializer}
     inputs = [value for value in proto.graph.input if value.name not in initializers]
     if not inputs:
@@ -128,7 +120,7 @@ def preprocessing_for(
     normalisation comes from ``mean``/``std`` (each overrides the preset's), else ``preset_name``,
     else the model's ``varrt.mean``/``varrt.std`` or ``varrt.preset`` metadata, else "imagenet".
     """
-    proto = _as_model(model)
+    proto = read_model(model)
     shape = image_input_shape(proto)
     if len(shape) != 4:
         raise ModelError(f"expected a 4-D image input [N, C, H, W], the model's is {len(shape)}-D")
@@ -233,10 +225,10 @@ def load_pixels(path: str | os.PathLike[str], prep: Preprocessing) -> np.ndarray
 
 
 def load_image(
-    path: str | os.PathLike[str], prep: Preprocessing | None = None, **options: object
+    path: str | os.PathLike[str], prep: Preprocessing | None = None, **options: Any
 ) -> np.ndarray:
     """One file as a model input, float32 [C, H, W]; ``options`` build a Preprocessing if none given."""
-    prep = prep if prep is not None else Preprocessing(**options)  # type: ignore[arg-type]
+    prep = prep if prep is not None else Preprocessing(**options)
     return normalize(load_pixels(path, prep), prep.mean, prep.std)
 
 

@@ -116,11 +116,13 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: object, width: int) -> str:
+def _fit_text(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int
+) -> str:
     """Shorten ``text`` with an ellipsis until it fits ``width`` pixels."""
-    if draw.textlength(text, font=font) <= width:  # type: ignore[arg-type]
+    if draw.textlength(text, font=font) <= width:
         return text
-    while text and draw.textlength(text + "...", font=font) > width:  # type: ignore[arg-type]
+    while text and draw.textlength(text + "...", font=font) > width:
         text = text[:-1]
     return text + "..."
 

@@ -242,4 +242,4 @@ class CudaStreamBackend(Backend):
         return cupy
 
     def stream_context(self) -> contextlib.AbstractContextManager[Any]:
-        return self.stream  # type: ignore[no-any-return]
+        return self.stream

@@ -5,6 +5,9 @@ inputs and outputs are CuPy arrays bound with IOBinding, and ONNX Runtime runs o
 (provider option ``user_compute_stream``) so whatever the caller launches next on that stream (the
 VAR kernel) is ordered after the graph without a host synchronization.
 
+onnxruntime and cupy are imported where a session or buffer is made, never at import time: ``import
+varrt`` loads no backend runtime (tests/runtime/test_backends.py checks it).
+
 >>> backend = OnnxRuntimeCPUBackend(graph, threads=2)              # doctest: +SKIP
 >>> backend.run({"input": images, "class_ids": ids})["attributions"].shape   # doctest: +SKIP
 (8, 5, 3, 224, 224)

@@ -16,6 +16,8 @@ from typing import Any
 
 import onnx
 from varrt.backends.base import Backend
+from varrt.backends.onnxruntime import OnnxRuntimeCPUBackend, OnnxRuntimeCUDABackend, cuda_unavailable_reason
+from varrt.backends.tensorrt import TensorRTBackend, tensorrt_unavailable_reason
 from varrt.core.errors import UsageError
 
 #: Backend names an Explainer reports in ``backend_name``.
@@ -54,11 +56,7 @@ def unavailable_reason(name: str) -> str | None:
     if name == "onnxruntime-cpu":
         return None
     if name == "onnxruntime-cuda":
-        from varrt.backends.onnxruntime import cuda_unavailable_reason
-
         return cuda_unavailable_reason()
-    from varrt.backends.tensorrt import tensorrt_unavailable_reason
-
     return tensorrt_unavailable_reason()
 
 
@@ -106,16 +104,10 @@ def create_backend(
     """Build backend ``name`` (from BACKENDS) for ``graph``; ``options`` go to its constructor
     (``threads`` for the CPU; ``classes``, ``fp16``, ``workspace_bytes`` for TensorRT)."""
     if name == "onnxruntime-cpu":
-        from varrt.backends.onnxruntime import OnnxRuntimeCPUBackend
-
         return OnnxRuntimeCPUBackend(graph, **options)
     if name == "onnxruntime-cuda":
-        from varrt.backends.onnxruntime import OnnxRuntimeCUDABackend
-
         return OnnxRuntimeCUDABackend(graph, device_id=device_id, stream=stream, **options)
     if name == "tensorrt":
-        from varrt.backends.tensorrt import TensorRTBackend
-
         return TensorRTBackend(
             graph, batch_size=batch_size, cache_dir=cache_dir, device_id=device_id, stream=stream, **options
         )
