@@ -2,8 +2,8 @@
 
 Rules and methods never spell out opset differences themselves: ``em.reduce_sum(x, [1])`` writes
 ``axes`` as an attribute below opset 13 and as a constant input from 13 on; the same for
-Squeeze/Unsqueeze, Slice, Pad and the other Reduce ops (one table: export/spellings.py). Every axes, shape or pads operand is a
-constant initializer, as the ONNX-TensorRT parser requires.
+Squeeze/Unsqueeze, Slice, Pad and the other Reduce ops (one table: export/spellings.py). Every
+axes, shape or pads operand is a constant initializer, as the ONNX-TensorRT parser requires.
 
     em = Emitter(graph, opset=17)
     y = em.Mul(x, em.scalar(0.5, like=x))       # any op: em.<OpType>(*inputs, **attributes)
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 from varrt.export.spellings import is_input
+
 
 class Emitter:
     """Appends nodes and constants to ``graph``, written for default-domain ``opset``."""

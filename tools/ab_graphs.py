@@ -75,7 +75,8 @@ def main() -> None:
                " ".join(f"{1e3 * v:.0f}" for v in values)
         if name != first:
             ratios = [v / f for v, f in zip(values, medians[first])]
-            line += f"; / {first}: " + " ".join(f"{r:.3f}" for r in ratios) + f" (median {statistics.median(ratios):.3f})"
+            line += f"; / {first}: " + " ".join(f"{r:.3f}" for r in ratios)
+            line += f" (median {statistics.median(ratios):.3f})"
         print(line)
     if args.captum:
         for name in args.graphs:

@@ -72,7 +72,7 @@ class StridePhases(ir.passes.InPlacePass):
                 continue
             for index, value in enumerate(node.inputs):
                 if value in phased:
-                    node.replace_input_with(index, join(value))  # type: ignore[arg-type]
+                    node.replace_input_with(index, join(value))
         if not phased:
             return ir.passes.PassResult(model, modified=False)
         graph.sort()
@@ -88,23 +88,27 @@ def _phase_convs(em: Emitter, node: ir.Node) -> Phases | None:
     if node.attributes.get_string("auto_pad", "NOTSET") != "NOTSET" or rows is None or rows.shape is None:
         return None
     group = node.attributes.get_int("group", 1)
-    kernel = list(node.attributes.get_ints("kernel_shape", list(weight.shape)[2:]))  # type: ignore[arg-type]
+    kernel = [int(k) for k in node.attributes.get_ints("kernel_shape", [])]
     strides = list(node.attributes.get_ints("strides", [1] * len(kernel)))
     dilations = list(node.attributes.get_ints("dilations", [1] * len(kernel)))
     pads = list(node.attributes.get_ints("pads", [0] * 2 * len(kernel)))
-    in_sizes, out_sizes = list(out.shape)[2:], list(rows.shape)[2:]
-    channels = out.shape[1]
-    if len(kernel) != 2 or not all(isinstance(d, int) for d in [*in_sizes, *out_sizes, channels]):
+    in_sizes, out_sizes, channels = _ints(list(out.shape)[2:]), _ints(list(rows.shape)[2:]), _ints([out.shape[1]])
+    if len(kernel) != 2 or in_sizes is None or out_sizes is None or channels is None:
         return None
-    if group == 1 and channels < _NARROW_DENSE:
+    if group == 1 and channels[0] < _NARROW_DENSE:
         return None
     kernels = phase_kernels(weight.const_value.numpy(), group, strides, kernel, dilations, pads[:2],
-                            in_sizes, out_sizes)  # type: ignore[arg-type]
+                            in_sizes, out_sizes)
     if kernels is None:
         return None
     parts = [[em.Conv(rows, em.const(k), pads=p, group=group, kernel_shape=list(k.shape[2:])) for k, p in row]
              for row in kernels]
     return Phases(strides[0], parts, 4, (in_sizes[0], in_sizes[1]))
+
+
+def _ints(dims: list) -> list[int] | None:
+    """The dims as ints, or None when one is symbolic."""
+    return [int(d) for d in dims] if all(isinstance(d, int) for d in dims) else None
 
 
 def _map(em: Emitter, node: ir.Node, phased: dict[ir.Value, Phases],
@@ -178,7 +182,7 @@ def _phase_shape(em: Emitter, node: ir.Node, spatial: tuple[int, int], s: int) -
     """A phase's shape operand, and the result's rank, when the Reshape keeps the last two axes
     (its shape ends in the literal H, W): a constant, or a Concat ending in a constant."""
     shape = node.inputs[1]
-    if shape is None or node.attributes.get_int("allowzero", 0):
+    if shape is None or node.attributes.get_int("allowzero", False):
         return None
     phase = [spatial[0] // s, spatial[1] // s]
     if shape.const_value is not None:

@@ -38,7 +38,7 @@ class SinkReshapes(ir.passes.InPlacePass):
 
 def _reshaped(value: ir.Value | None) -> ir.Node | None:
     node = value.producer() if value is not None else None
-    return node if node is not None and node.op_type == "Reshape" and not node.attributes.get_int("allowzero", 0) \
+    return node if node is not None and node.op_type == "Reshape" and not node.attributes.get_int("allowzero", False) \
         else None
 
 
@@ -49,6 +49,8 @@ def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
         if _has_zero(node.inputs[1]):  # a 0 copies a dim of the input, which would change
             return False
         source = inner.inputs[0]
+        if source is None:
+            return False
         if _same_shape(source, node.outputs[0]):
             node.outputs[0].replace_all_uses_with(source, replace_graph_outputs=False)
         else:
@@ -73,7 +75,7 @@ def _sink(graph: ir.Graph, node: ir.Node, reshape: ir.Node, inputs: list) -> Non
     """Replace ``node`` (whose operands are reshaped by ``reshape``'s shape) by the same op on
     ``inputs``, reshaped after."""
     inner = ir.Node("", node.op_type, inputs, num_outputs=1)
-    inner.outputs[0].dtype = node.outputs[0].dtype
+    inner.outputs[0].type = node.outputs[0].type
     inner.outputs[0].shape = inputs[0].shape  # Relu, or an Add of two equal shapes
     outer = ir.Node("", "Reshape", [inner.outputs[0], reshape.inputs[1]], num_outputs=1)
     graph.insert_before(node, [inner, outer])

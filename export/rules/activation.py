@@ -20,7 +20,7 @@ def unary(derivative: Derivative) -> Callable[[Context, ir.Node, ir.Value], list
     """The rule of an elementwise op from its local derivative dy/dx."""
 
     def vjp(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-        local = derivative(ctx.em, node.inputs[0], node.outputs[0])  # type: ignore[arg-type]
+        local = derivative(ctx.em, ctx.arg(node, 0), node.outputs[0])
         return [ctx.em.Mul(g, local)] + [None] * (len(node.inputs) - 1)
 
     return vjp
@@ -49,7 +49,7 @@ def _gaussian_density(em: Emitter, x: ir.Value) -> ir.Value:
 # y > 0 exactly where x > 0; reading y rather than x leaves x a single-use value, which lets
 # runtimes fuse the activation into the convolution before it (ONNX Runtime: Conv+Relu/Clip).
 def relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    return [ctx.em.Mul(g, _positive(ctx.em, node.outputs[0]))]  # type: ignore[arg-type]
+    return [ctx.em.Mul(g, _positive(ctx.em, node.outputs[0]))]
 
 
 sigmoid = unary(lambda em, x, y: _sigmoid_derivative(em, y))
@@ -69,7 +69,7 @@ hard_swish = unary(lambda em, x, y: em.Add(
 
 
 def leaky_relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, x, y = ctx.em, node.inputs[0], node.outputs[0]
+    em, x, y = ctx.em, ctx.arg(node, 0), node.outputs[0]
     alpha = node.attributes.get_float("alpha", 0.01 if node.op_type == "LeakyRelu" else 1.0)
     # Elu's slope below zero is y + alpha; LeakyRelu's is alpha.
     below = em.scalar(alpha, like=x) if node.op_type == "LeakyRelu" else em.Add(y, em.scalar(alpha, like=x))
@@ -77,14 +77,14 @@ def leaky_relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 
 def prelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, x, slope = ctx.em, node.inputs[0], node.inputs[1]
+    em, x, slope = ctx.em, ctx.arg(node, 0), ctx.arg(node, 1)
     return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), slope)), None]
 
 
 def hard_sigmoid(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     alpha = node.attributes.get_float("alpha", 0.2)
     beta = node.attributes.get_float("beta", 0.5)
-    x: ir.Value = node.inputs[0]  # type: ignore[assignment]
+    x: ir.Value = ctx.arg(node, 0)
     # 0 < alpha*x + beta < 1, written for x (alpha > 0 in every exporter's use)
     low, high = (-beta / alpha, (1.0 - beta) / alpha)
     inside = _inside(ctx.em, x, min(low, high), max(low, high))
@@ -93,11 +93,11 @@ def hard_sigmoid(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 def clip(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     low, high = clip_bounds(ctx, node)
-    x = node.inputs[0]
+    x = ctx.arg(node, 0)
     # low < y < high exactly where low < x < high (y = clip(x) sits on a bound otherwise), and
     # reading the output keeps the input single-use, so runtimes can fuse Conv+Clip (see Relu).
     y = node.outputs[0] if low < high else x
-    return [ctx.em.Mul(g, _inside(ctx.em, y, low, high))] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
+    return [ctx.em.Mul(g, _inside(ctx.em, y, low, high))] + [None] * (len(node.inputs) - 1)
 
 
 def clip_bounds(ctx: Context, node: ir.Node) -> tuple[float, float]:
@@ -107,7 +107,7 @@ def clip_bounds(ctx: Context, node: ir.Node) -> tuple[float, float]:
 
 def gelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em = ctx.em
-    x: ir.Value = node.inputs[0]  # type: ignore[assignment]
+    x: ir.Value = ctx.arg(node, 0)
     if node.attributes.get_string("approximate", "none") == "tanh":
         # d/dx 0.5 x (1 + tanh(u)), u = c (x + 0.044715 x^3)
         c = math.sqrt(2.0 / math.pi)

@@ -41,16 +41,16 @@ def mul(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 
 def div(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, (_, b), y = ctx.em, node.inputs, node.outputs[0]
+    em, b, y = ctx.em, ctx.arg(node, 1), node.outputs[0]
     ga = em.Div(g, b)
     return _broadcast(ctx, node, [ga, em.Neg(em.Mul(ga, y))])
 
 
 def power(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, (x, p), y = ctx.em, node.inputs, node.outputs[0]
-    p_like_x = p if p.dtype == x.dtype else em.cast_like(p, x)  # type: ignore[union-attr]
+    em, x, p, y = ctx.em, ctx.arg(node, 0), ctx.arg(node, 1), node.outputs[0]
+    p_like_x = p if p.dtype == x.dtype else em.cast_like(p, x)
     gx = em.Mul(g, em.Mul(p_like_x, em.Pow(x, em.Sub(p_like_x, em.scalar(1.0, like=x)))))
-    gp = em.Mul(g, em.Mul(y, em.Log(x))) if p.dtype == x.dtype else None  # type: ignore[union-attr]
+    gp = em.Mul(g, em.Mul(y, em.Log(x))) if p.dtype == x.dtype else None
     return _broadcast(ctx, node, [gx, gp])
 
 
@@ -59,8 +59,8 @@ def extremum(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, y = ctx.em, node.outputs[0]
     taken = None
     cotangents = []
-    for x in node.inputs:
-        hit = em.mask(em.equal(x, y), like=y)
+    for index in range(len(node.inputs)):
+        hit = em.mask(em.equal(ctx.arg(node, index), y), like=y)
         first = hit if taken is None else em.Mul(hit, em.Sub(em.scalar(1.0, like=y), taken))
         taken = first if taken is None else em.Add(taken, first)
         cotangents.append(em.Mul(g, first))
@@ -68,13 +68,13 @@ def extremum(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 
 def where(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, (condition, x, _) = ctx.em, node.inputs
-    zero = em.scalar(0.0, like=x)
+    em, condition = ctx.em, ctx.arg(node, 0)
+    zero = em.scalar(0.0, like=node.outputs[0])
     return _broadcast(ctx, node, [None, em.Where(condition, g, zero), em.Where(condition, zero, g)])
 
 
 def expand(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    return [ctx.sum_to(g, node.inputs[0], ctx.dims(node.outputs[0])), None]  # type: ignore[arg-type]
+    return [ctx.sum_to(g, ctx.arg(node, 0), ctx.dims(node.outputs[0])), None]
 
 
 def identity(ctx: Context, node: ir.Node, g: ir.Value) -> list:
@@ -87,7 +87,7 @@ def dropout(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 
 def cast(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    return [ctx.em.cast_like(g, node.inputs[0])]  # type: ignore[arg-type]
+    return [ctx.em.cast_like(g, ctx.arg(node, 0))]
 
 
 def zero(ctx: Context, node: ir.Node, g: ir.Value) -> list:

@@ -45,6 +45,13 @@ class Context:
     def fail(self, node: ir.Node, why: str) -> ModelError:
         return ModelError(f"{node.op_type} node '{node.name}': {why}")
 
+    def arg(self, node: ir.Node, index: int) -> ir.Value:
+        """Input ``index`` of ``node``, one the op requires (or the rule needs)."""
+        value = node.inputs[index] if index < len(node.inputs) else None
+        if value is None:
+            raise self.fail(node, f"has no input {index}")
+        return value
+
     def const(self, node: ir.Node, index: int, default: Any = None) -> np.ndarray | None:
         """Input ``index`` of ``node`` as a NumPy array; ``default`` when the input is absent."""
         if index >= len(node.inputs) or node.inputs[index] is None:

@@ -9,11 +9,11 @@ from varrt.export.rules.context import Context
 
 
 def reshape(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    return [ctx.like_forward(g, node.inputs[0])] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
+    return [ctx.like_forward(g, ctx.arg(node, 0))] + [None] * (len(node.inputs) - 1)
 
 
 def transpose(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    rank = ctx.rank(node.inputs[0])  # type: ignore[arg-type]
+    rank = ctx.rank(ctx.arg(node, 0))
     perm = list(node.attributes.get_ints("perm", list(reversed(range(rank)))))
     inverse = [int(p) + 1 for p in np.argsort(perm)]
     return [ctx.em.Transpose(g, perm=[0] + inverse)]
@@ -40,8 +40,8 @@ def concat(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 
 def split(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, x = ctx.em, node.inputs[0]
-    axis = node.attributes.get_int("axis", 0) % ctx.rank(x)  # type: ignore[arg-type]
+    em, x = ctx.em, ctx.arg(node, 0)
+    axis = node.attributes.get_int("axis", 0) % ctx.rank(x)
     pieces = []
     for out, cot in zip(node.outputs, ctx.output_cotangents):
         pieces.append(cot if cot is not None else em.zeros_like(ctx.with_classes(out, g), out))
@@ -50,8 +50,8 @@ def split(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 def slice_(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # Scatter back with zeros: Pad for unit steps, zero-interleaving for larger ones.
-    em, x = ctx.em, node.inputs[0]
-    rank = ctx.rank(x)  # type: ignore[arg-type]
+    em, x = ctx.em, ctx.arg(node, 0)
+    rank = ctx.rank(x)
     starts, ends = ctx.ints(node, "starts") or [], ctx.ints(node, "ends") or []
     axes = ctx.ints(node, "axes") or list(range(len(starts)))
     steps = ctx.ints(node, "steps") or [1] * len(starts)
@@ -97,12 +97,14 @@ def _place(ctx: Context, g: ir.Value, axis: int, first: int, length: int, size: 
 
 
 def gather(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, x = ctx.em, node.inputs[0]
-    rank = ctx.rank(x)  # type: ignore[arg-type]
+    em, x = ctx.em, ctx.arg(node, 0)
+    rank = ctx.rank(x)
     axis = node.attributes.get_int("axis", 0) % rank
     size = ctx.static_dims(node, x, [axis])[0]
-    indices = ctx.const(node, 1)
-    indices = np.where(indices < 0, indices + size, indices)  # type: ignore[operator]
+    given = ctx.const(node, 1)
+    if given is None:
+        raise ctx.fail(node, "has no indices")
+    indices = np.where(given < 0, given + size, given)
     flat = indices.reshape(-1)
     if indices.ndim == 0:
         g = em.unsqueeze(g, [axis + 1])
@@ -124,8 +126,8 @@ def gather(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 
 def pad(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, x = ctx.em, node.inputs[0]
-    rank = ctx.rank(x)  # type: ignore[arg-type]
+    em, x = ctx.em, ctx.arg(node, 0)
+    rank = ctx.rank(x)
     mode = node.attributes.get_string("mode", "constant")
     if mode != "constant":
         raise ctx.fail(node, f"Pad mode '{mode}' (only constant padding is differentiated)")
@@ -150,9 +152,9 @@ def pad(ctx: Context, node: ir.Node, g: ir.Value) -> list:
 
 def tile(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # [K, r0*d0, r1*d1, ...] -> [K, r0, d0, r1, d1, ...] -> sum over the r axes.
-    em, x = ctx.em, node.inputs[0]
+    em, x = ctx.em, ctx.arg(node, 0)
     repeats = [int(r) for r in ctx.const(node, 1)]  # type: ignore[union-attr]
-    dims = ctx.dims(x)  # type: ignore[arg-type]
+    dims = ctx.dims(x)
     if all(r == 1 for r in repeats):
         return [g, None]
     if sum(d is None for d in dims) > 1:

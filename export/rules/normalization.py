@@ -10,12 +10,12 @@ from varrt.export.rules.context import Context
 
 def batch_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # Inference: an affine map per channel, y = x * scale / sqrt(var + eps) + shift.
-    em, x, scale, var = ctx.em, node.inputs[0], node.inputs[1], node.inputs[4]
+    em, x, scale, var = ctx.em, ctx.arg(node, 0), ctx.arg(node, 1), ctx.arg(node, 4)
     if node.attributes.get_int("training_mode", 0):
         raise ctx.fail(node, "BatchNormalization in training mode")
     eps = node.attributes.get_float("epsilon", 1e-5)
-    per_channel = em.Div(scale, em.Sqrt(em.Add(var, em.scalar(eps, like=x))))  # type: ignore[arg-type]
-    spatial = list(range(1, ctx.rank(x) - 1))  # type: ignore[arg-type]
+    per_channel = em.Div(scale, em.Sqrt(em.Add(var, em.scalar(eps, like=x))))
+    spatial = list(range(1, ctx.rank(x) - 1))
     if spatial:
         per_channel = em.unsqueeze(per_channel, spatial)
     return [em.Mul(g, per_channel)] + [None] * (len(node.inputs) - 1)
@@ -35,32 +35,32 @@ def _normalized_vjp(ctx: Context, x: ir.Value, g_hat: ir.Value, axes: list[int],
 
 
 def instance_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, x, scale = ctx.em, node.inputs[0], node.inputs[1]
-    rank = ctx.rank(x)  # type: ignore[arg-type]
-    gamma = em.unsqueeze(scale, list(range(1, rank - 1)))  # type: ignore[arg-type]
+    em, x, scale = ctx.em, ctx.arg(node, 0), ctx.arg(node, 1)
+    rank = ctx.rank(x)
+    gamma = em.unsqueeze(scale, list(range(1, rank - 1)))
     eps = node.attributes.get_float("epsilon", 1e-5)
-    return [_normalized_vjp(ctx, x, em.Mul(g, gamma), list(range(2, rank)), eps), None, None]  # type: ignore[arg-type]
+    return [_normalized_vjp(ctx, x, em.Mul(g, gamma), list(range(2, rank)), eps), None, None]
 
 
 def layer_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, x, scale = ctx.em, node.inputs[0], node.inputs[1]
-    rank = ctx.rank(x)  # type: ignore[arg-type]
+    em, x, scale = ctx.em, ctx.arg(node, 0), ctx.arg(node, 1)
+    rank = ctx.rank(x)
     axis = node.attributes.get_int("axis", -1) % rank
     eps = node.attributes.get_float("epsilon", 1e-5)
-    gx = _normalized_vjp(ctx, x, em.Mul(g, scale), list(range(axis, rank)), eps)  # type: ignore[arg-type]
+    gx = _normalized_vjp(ctx, x, em.Mul(g, scale), list(range(axis, rank)), eps)
     return [gx] + [None] * (len(node.inputs) - 1)
 
 
 def lrn(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # y_c = x_c * d_c^-beta,  d_c = bias + alpha/size * sum_{j in window(c)} x_j^2, so
     # dL/dx_j = g_j d_j^-beta - 2 beta alpha/size x_j sum_{c: j in window(c)} g_c x_c d_c^(-beta-1).
-    em, x, y = ctx.em, node.inputs[0], node.outputs[0]
+    em, x, y = ctx.em, ctx.arg(node, 0), node.outputs[0]
     size = node.attributes.get_int("size")
     alpha = node.attributes.get_float("alpha", 1e-4)
     beta = node.attributes.get_float("beta", 0.75)
     bias = node.attributes.get_float("bias", 1.0)
-    channels = ctx.static_dims(node, x, [1])[0]  # type: ignore[arg-type]
-    rank = ctx.rank(x)  # type: ignore[arg-type]
+    channels = ctx.static_dims(node, x, [1])[0]
+    rank = ctx.rank(x)
     band = np.zeros((channels, channels), dtype=np.float32)  # band[c, j] = j in window(c)
     for c in range(channels):
         band[c, max(0, c - (size - 1) // 2): min(channels, c + (size - 1) - (size - 1) // 2 + 1)] = 1.0
@@ -73,9 +73,9 @@ def lrn(ctx: Context, node: ir.Node, g: ir.Value) -> list:
         return em.Transpose(moved, perm=[int(p) for p in back])
 
     d = em.Add(em.scalar(bias, like=x),
-               em.Mul(em.scalar(alpha / size, like=x), channel_matmul(em.Mul(x, x), band.T, rank, 1)))  # type: ignore[arg-type]
+               em.Mul(em.scalar(alpha / size, like=x), channel_matmul(em.Mul(x, x), band.T, rank, 1)))
     d_pow = em.Pow(d, em.scalar(-beta, like=x))
     inner = em.Mul(em.Mul(g, y), em.Reciprocal(d))  # g_c x_c d_c^(-beta-1) = g_c y_c / d_c
     spread = channel_matmul(inner, band, rank + 1, 2)
-    gx = em.Sub(em.Mul(g, d_pow), em.Mul(em.scalar(2.0 * beta * alpha / size, like=x), em.Mul(x, spread)))  # type: ignore[arg-type]
+    gx = em.Sub(em.Mul(g, d_pow), em.Mul(em.scalar(2.0 * beta * alpha / size, like=x), em.Mul(x, spread)))
     return [gx]

@@ -30,16 +30,16 @@ def max_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     # For each kernel offset, compare the strided input slice with the pooled output (first match
     # wins, like PyTorch's argmax); scatter the masked cotangents back with one grouped
     # ConvTranspose whose kernels are one-hot at each offset.
-    em, x, y = ctx.em, node.inputs[0], node.outputs[0]
+    em, x, y = ctx.em, ctx.arg(node, 0), node.outputs[0]
     kernel = list(node.attributes.get_ints("kernel_shape"))
     w = windows(ctx, node, kernel)
-    n, channels = len(kernel), ctx.static_dims(node, x, [1])[0]  # type: ignore[arg-type]
+    n, channels = len(kernel), ctx.static_dims(node, x, [1])[0]
     reach = [(k - 1) * d + o * s for k, d, o, s in zip(kernel, w.dilations, w.out_sizes, w.strides)]
     extra = [max(r - (b + i + e), 0) for r, b, i, e in zip(reach, w.pads_begin, w.in_sizes, w.pads_end)]
-    lowest = float(np.finfo(float_dtype(x)).min)  # type: ignore[arg-type]
+    lowest = float(np.finfo(float_dtype(x)).min)
     padded = em.pad(x, [0, 0] + w.pads_begin + [0, 0] + [e + x_ for e, x_ in zip(w.pads_end, extra)], lowest)
     padded_dims = ctx.dims(x)[:2] + [b + i + e + x_ for b, i, e, x_ in
-                                     zip(w.pads_begin, w.in_sizes, w.pads_end, extra)]  # type: ignore[arg-type]
+                                     zip(w.pads_begin, w.in_sizes, w.pads_end, extra)]
 
     offsets = list(itertools.product(*[range(k) for k in kernel]))
     taken, parts = None, []
@@ -57,15 +57,15 @@ def max_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     stacked = em.Concat(*parts, axis=3)
     rows = em.Reshape(stacked, em.ints([-1, channels * len(offsets)] + w.out_sizes))
 
-    weight = np.zeros([channels * len(offsets), 1] + kernel, dtype=float_dtype(x))  # type: ignore[arg-type]
+    weight = np.zeros([channels * len(offsets), 1] + kernel, dtype=float_dtype(x))
     for c in range(channels):
         for index, offset in enumerate(offsets):
             weight[(c * len(offsets) + index, 0) + offset] = 1.0
-    return [ctx.from_rows(transposed_to_input(ctx, rows, em.const(weight), w, channels), g, node.inputs[0])]
+    return [ctx.from_rows(transposed_to_input(ctx, rows, em.const(weight), w, channels), g, ctx.arg(node, 0))]
 
 
 def average_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    em, x = ctx.em, node.inputs[0]
+    em, x = ctx.em, ctx.arg(node, 0)
     kernel = list(node.attributes.get_ints("kernel_shape"))
     w = windows(ctx, node, kernel)
     padded = [b + i + e for b, i, e in zip(w.pads_begin, w.in_sizes, w.pads_end)]
@@ -73,11 +73,11 @@ def average_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     overshoots = any(f > p for f, p in zip(w.full_sizes(), padded))
     if (node.attributes.get_int("count_include_pad", 0) or not has_pads) and not overshoots:
         # Every window divides by the kernel size: a grouped ConvTranspose with constant weights.
-        channels = ctx.static_dims(node, x, [1])[0]  # type: ignore[arg-type]
+        channels = ctx.static_dims(node, x, [1])[0]
         size = int(np.prod(kernel))
-        weight = np.full([channels, 1] + kernel, 1.0 / size, dtype=float_dtype(x))  # type: ignore[arg-type]
+        weight = np.full([channels, 1] + kernel, 1.0 / size, dtype=float_dtype(x))
         rows = ctx.to_rows(g, node.outputs[0])
-        return [ctx.from_rows(transposed_to_input(ctx, rows, em.const(weight), w, channels), g, node.inputs[0])]
+        return [ctx.from_rows(transposed_to_input(ctx, rows, em.const(weight), w, channels), g, ctx.arg(node, 0))]
     # Divisors that vary at the borders: the per-axis matrices, read off the op itself.
     if len(kernel) > 2:
         raise ctx.fail(node, "AveragePool over more than 2 spatial axes with varying divisors")
@@ -104,15 +104,15 @@ def _pool_probe(node: ir.Node, w: Windows):
 
 
 def global_average_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    x = node.inputs[0]
-    spatial = ctx.static_dims(node, x, range(2, ctx.rank(x)))  # type: ignore[arg-type]
-    share = ctx.em.Mul(g, ctx.em.scalar(1.0 / int(np.prod(spatial)), like=x))  # type: ignore[arg-type]
-    return [ctx.em.Expand(share, ctx.with_classes(x, g))]  # type: ignore[arg-type]
+    x = ctx.arg(node, 0)
+    spatial = ctx.static_dims(node, x, range(2, ctx.rank(x)))
+    share = ctx.em.Mul(g, ctx.em.scalar(1.0 / int(np.prod(spatial)), like=x))
+    return [ctx.em.Expand(share, ctx.with_classes(x, g))]
 
 
 def global_max_pool(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    x = node.inputs[0]
-    return [spread_over_maxima(ctx, x, node.outputs[0], g, list(range(2, ctx.rank(x))))]  # type: ignore[arg-type]
+    x = ctx.arg(node, 0)
+    return [spread_over_maxima(ctx, x, node.outputs[0], g, list(range(2, ctx.rank(x))))]
 
 
 def spread_over_maxima(ctx: Context, x: ir.Value, y_kept: ir.Value, g_kept: ir.Value, axes: list[int]) -> ir.Value:

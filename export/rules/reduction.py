@@ -7,8 +7,9 @@ import onnx_ir as ir
 from varrt.export.rules.context import Context
 from varrt.export.rules.pooling import spread_over_maxima
 
+
 def _reduced_axes(ctx: Context, node: ir.Node) -> list[int]:
-    rank = ctx.rank(node.inputs[0])  # type: ignore[arg-type]
+    rank = ctx.rank(ctx.arg(node, 0))
     axes = ctx.ints(node, "axes")
     if not axes:
         if node.attributes.get_int("noop_with_empty_axes", 0):
@@ -25,27 +26,27 @@ def _kept(ctx: Context, node: ir.Node, g: ir.Value, axes: list[int]) -> ir.Value
 
 
 def reduce_sum_mean(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    x = node.inputs[0]
+    x = ctx.arg(node, 0)
     axes = _reduced_axes(ctx, node)
     g = _kept(ctx, node, g, axes)
     if node.op_type == "ReduceMean" and axes:
-        count = int(np.prod(ctx.static_dims(node, x, axes)))  # type: ignore[arg-type]
-        g = ctx.em.Mul(g, ctx.em.scalar(1.0 / count, like=x))  # type: ignore[arg-type]
-    return [ctx.em.Expand(g, ctx.with_classes(x, g))] + [None] * (len(node.inputs) - 1)  # type: ignore[arg-type]
+        count = int(np.prod(ctx.static_dims(node, x, axes)))
+        g = ctx.em.Mul(g, ctx.em.scalar(1.0 / count, like=x))
+    return [ctx.em.Expand(g, ctx.with_classes(x, g))] + [None] * (len(node.inputs) - 1)
 
 
 def reduce_max(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    x, y = node.inputs[0], node.outputs[0]
+    x, y = ctx.arg(node, 0), node.outputs[0]
     axes = _reduced_axes(ctx, node)
     y_kept = y if node.attributes.get_int("keepdims", 1) else ctx.em.unsqueeze(y, axes)
-    spread = spread_over_maxima(ctx, x, y_kept, _kept(ctx, node, g, axes), axes)  # type: ignore[arg-type]
+    spread = spread_over_maxima(ctx, x, y_kept, _kept(ctx, node, g, axes), axes)
     return [spread] + [None] * (len(node.inputs) - 1)
 
 
 def _softmax_axes(ctx: Context, node: ir.Node, coerced: bool) -> list[int]:
     """Cotangent axes Softmax normalises over: its one axis from opset 13 on; before that the
     input is coerced to 2-D at ``axis`` (default 1), so all axes from there on."""
-    rank = ctx.rank(node.inputs[0])  # type: ignore[arg-type]
+    rank = ctx.rank(ctx.arg(node, 0))
     axis = node.attributes.get_int("axis", 1 if coerced else -1) % rank
     return [a + 1 for a in (range(axis, rank) if coerced else [axis])]
 

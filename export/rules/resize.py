@@ -10,9 +10,9 @@ from varrt.export.rules.separable import probe_matrix, separable_vjp
 
 
 def resize(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    x, y = node.inputs[0], node.outputs[0]
-    rank = ctx.rank(x)  # type: ignore[arg-type]
-    in_dims = ctx.static_dims(node, x, range(rank))  # type: ignore[arg-type]
+    x, y = ctx.arg(node, 0), node.outputs[0]
+    rank = ctx.rank(x)
+    in_dims = ctx.static_dims(node, x, range(rank))
     out_dims = ctx.static_dims(node, y, range(rank))
     changed = [a for a in range(rank) if in_dims[a] != out_dims[a]]
     if rank not in (3, 4):

@@ -11,8 +11,10 @@ has a row here.
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -272,6 +274,13 @@ def test_every_rule_has_a_case():
 
     missing = [(row.op, row.opsets) for row in RULES if not any(covers(row, case) for case in CASES)]
     assert missing == []
+
+
+def test_readme_lists_every_rule():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    paragraph = readme[readme.index("Ops with a VJP rule"):].split(". Shape-only")[0]
+    listed = re.sub(r"\([^)]*\)", "", paragraph.split(":", 1)[1])  # drop the notes in parentheses
+    assert sorted(op.strip() for op in listed.split(",")) == sorted({row.op for row in RULES})
 
 
 @pytest.mark.parametrize("target", list(TARGETS))
