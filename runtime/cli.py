@@ -31,6 +31,7 @@ from varrt.core.version import __version__
 from varrt.explainer import Explainer, Explanation
 from varrt.export import METHODS, explain_graph
 from varrt.export.model_loading import read_model
+from varrt.export.passes import TARGETS
 from varrt.files import atomic_path
 from varrt.images import Preprocessing, check_readable, iter_batches, preprocessing_for
 from varrt.overlay import explanation_figure, short_label
@@ -324,6 +325,7 @@ def _run_export(args: argparse.Namespace) -> int:
         options["classes"] = args.classes  # parsed by the exporter (varrt.core.classes)
     if args.batch is not None:
         options["batch"] = args.batch
+    options["target"] = args.target
     if args.var:
         options.update(var=True, temperature=args.temperature, tau=args.tau, var_scale=args.var_scale)
     out = Path(args.output)
@@ -494,8 +496,10 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     _add_var_options(parser)
     parser.add_argument("--batch", type=int, metavar="B",
                         help="fix the image batch axis to B (default: the model's, usually dynamic). 1 is the "
-                        "graph for ONNX Runtime on CPUs, one image per run: there the guided-backprop masks stay in "
-                        "its fast blocked layout")
+                        "graph for ONNX Runtime on CPUs, one image per run (with --target onnxruntime-cpu)")
+    parser.add_argument("--target", choices=list(TARGETS), default="portable",
+                        help="the runtime the graph is tuned for (default: portable, for TensorRT, CUDA or any "
+                        "runtime; onnxruntime-cpu adds the graph passes measured on ONNX Runtime's CPU provider)")
     _add_method_options(parser)
     parser.set_defaults(run=_run_export)
 

@@ -99,3 +99,24 @@ def test_passes_keep_the_toy_models() -> None:
         for method in ("gradient", "guided_backprop"):
             proto = export.explain_graph(onnx_model, method, batch=1)
             _check_each_pass(proto, {proto.graph.input[0].name: x, "class_ids": ids})
+
+
+def test_cli_export_target(tmp_path) -> None:
+    """`varrt export --target onnxruntime-cpu --batch 1` writes the tuned graph: the passes ran
+    (phase convs, bias-form masks) and the attributions are the portable graph's."""
+    from varrt.cli import main
+
+    model = str(demo_model_path())
+    for target in TARGETS:
+        assert main(["export", model, "-o", str(tmp_path / f"{target}.onnx"), "-m", "guided_backprop",
+                     "--batch", "1", "--classes", "top4+min", "--target", target]) == 0
+    portable, tuned = (onnx.load(str(tmp_path / f"{t}.onnx")) for t in ("portable", "onnxruntime-cpu"))
+    assert [o.name for o in tuned.graph.output] == [o.name for o in portable.graph.output]
+    count = lambda proto, op: sum(n.op_type == op for n in proto.graph.node)  # noqa: E731
+    assert count(portable, "ConvTranspose") > count(tuned, "ConvTranspose")
+    assert count(tuned, "Clip") > count(portable, "Clip")  # the bias form's clipped convs
+    image = np.random.default_rng(0).normal(size=(1, 3, 224, 224)).astype(np.float32)
+    expected, ours = (ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"])
+                      .run(["class_ids", "attributions"], {"input": image}) for p in (portable, tuned))
+    np.testing.assert_array_equal(ours[0], expected[0])
+    np.testing.assert_allclose(ours[1], expected[1], rtol=1e-4, atol=1e-5 * float(np.abs(expected[1]).max()))
