@@ -25,6 +25,7 @@ import onnx
 from varrt import data
 from varrt.bench import cli as bench_cli
 from varrt.core import defaults
+from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS
 from varrt.core.errors import UsageError, VarrtError
 from varrt.core.options import ExplainOptions
 from varrt.core.version import __version__
@@ -204,12 +205,12 @@ def _explain_images(
 
 def _write_outputs(job: ExplainJob, image: _Explained) -> list[Path]:
     """``<stem>.npz`` (and ``<stem>.png`` with overlays), each written atomically."""
-    arrays = {
-        "class_ids": image.class_ids,
+    arrays = {  # the graph's outputs for this image, and what the CLI adds to them
+        CLASS_IDS: image.class_ids,
         "class_names": np.array(image.names),
         "probabilities": image.probabilities[image.class_ids].astype(np.float32),
-        "logits": image.logits.astype(np.float32),
-        "attributions": image.attributions.astype(np.float32),
+        LOGITS: image.logits.astype(np.float32),
+        ATTRIBUTIONS: image.attributions.astype(np.float32),
     }
     if image.var is not None:
         arrays["var"] = image.var.astype(np.float32)

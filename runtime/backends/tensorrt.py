@@ -31,6 +31,7 @@ import numpy as np
 import onnx
 from varrt.backends.base import CudaStreamBackend, TensorSpec, cuda_device_unavailable_reason
 from varrt.cache import default_cache_dir
+from varrt.core.contract import CLASS_IDS
 from varrt.core.errors import ModelError, UsageError, VarrtError
 from varrt.files import atomic_write_bytes
 
@@ -102,7 +103,7 @@ def profile_shapes(
                 ranges = (dim, dim, dim)
             elif axis == 0:
                 ranges = options.batch
-            elif axis == 1 and spec.name == "class_ids":
+            elif axis == 1 and spec.name == CLASS_IDS:
                 ranges = options.classes
             else:
                 raise UsageError(
@@ -124,7 +125,7 @@ def check_within_profile(
         low, _, high = profile[name]
         for axis, (size, a, b) in enumerate(zip(shape, low, high, strict=True)):
             if not a <= size <= b:
-                what = "K" if name == "class_ids" and axis == 1 else "N" if axis == 0 else f"axis {axis}"
+                what = "K" if name == CLASS_IDS and axis == 1 else "N" if axis == 0 else f"axis {axis}"
                 raise UsageError(
                     f"TensorRT engine was built for {what} in [{a}, {b}], "
                     f"input {name!r} has {size}; rebuild with a larger range"
