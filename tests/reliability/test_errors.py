@@ -16,6 +16,7 @@ import testbed as models
 from onnx import TensorProto, helper
 from varrt.core.errors import ModelError, UnsupportedOpError, UsageError
 from varrt.explainer import Explainer
+from varrt.export.rules import RULES
 
 
 def _save(model: onnx.ModelProto, name: str) -> Callable[[Path], None]:
@@ -41,8 +42,14 @@ def _dangling(m):
     m.graph.node[1].input[0] = "nowhere"
 
 
-def _round(m):
-    m.graph.node[1].op_type = "Round"  # on the gradient path, no VJP rule
+# A standard elementwise op with no VJP rule, put on the gradient path in place of relu1 (Round was
+# one until it got a zero rule: the table decides, so the op is picked from it).
+NO_RULE = next(op for op in ("Shrink", "Softsign", "ThresholdedRelu", "Selu", "Celu")
+               if op not in {row.op for row in RULES})
+
+
+def _no_rule(m):
+    m.graph.node[1].op_type = NO_RULE
 
 
 def _custom(m):
@@ -105,7 +112,7 @@ CLI_CASES: list[tuple[str, Callable[[Path], None] | None, tuple[str, ...], int, 
     ("truncated-model-explain", _truncated, ("explain", "bad.onnx", IMG, "--out", "out"), 1, ("bad.onnx",)),
     ("fails-checker", _save(_edited(_dangling), "bad.onnx"), (*EXPORT, "bad.onnx"), 1,
      ("bad.onnx", "onnx.checker", "nowhere")),
-    ("no-vjp-rule", _save(_edited(_round), "bad.onnx"), (*EXPORT, "bad.onnx"), 1, ("Round", "relu1")),
+    ("no-vjp-rule", _save(_edited(_no_rule), "bad.onnx"), (*EXPORT, "bad.onnx"), 1, (NO_RULE, "relu1")),
     ("custom-domain", _save(_edited(_custom), "bad.onnx"), (*EXPORT, "bad.onnx"), 1,
      ("MyRelu", "com.example", "relu1")),
     ("type-mismatch", _save(_edited(_double_bias), "bad.onnx"), (*EXPORT, "bad.onnx"), 1,
@@ -258,8 +265,8 @@ def test_api_constructor_error(kwargs, error, words, tmp_path):
 
 
 def test_api_model_errors_are_model_errors(tmp_path):
-    model = _edited(_round)
-    with pytest.raises(UnsupportedOpError, match="Round"):
+    model = _edited(_no_rule)
+    with pytest.raises(UnsupportedOpError, match=NO_RULE):
         Explainer(model, method="gradient", backend="onnxruntime-cpu", cache_dir=tmp_path)
     with pytest.raises(ModelError, match="missing.onnx"):
         Explainer(str(tmp_path / "missing.onnx"), method="gradient", backend="onnxruntime-cpu", cache_dir=tmp_path)
@@ -268,9 +275,9 @@ def test_api_model_errors_are_model_errors(tmp_path):
 def test_missing_rule_names_the_file_node_and_op(tmp_path):
     from varrt.export import explain_graph
 
-    path = tmp_path / "rounding.onnx"
-    onnx.save(_edited(_round), path)
+    path = tmp_path / "no_rule.onnx"
+    onnx.save(_edited(_no_rule), path)
     with pytest.raises(UnsupportedOpError) as info:
         explain_graph(str(path), method="gradient")
     message = str(info.value)
-    assert message.startswith(f"{path}: no gradient rule for op Round") and "node '" in message
+    assert message.startswith(f"{path}: no gradient rule for op {NO_RULE}") and "node '" in message

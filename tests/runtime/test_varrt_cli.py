@@ -76,20 +76,6 @@ def test_argparse_errors_exit_2():
     assert exit_info.value.code == 2
 
 
-def test_class_spec_parsing():
-    assert cli.parse_class_spec("top4+min") == "top4+min"
-    assert cli.parse_class_spec("3") == 3
-    assert cli.parse_class_spec("281,285") == [281, 285]
-    with pytest.raises(cli.UsageError):
-        cli.parse_class_spec("1,cat")
-
-
-def test_optional_subcommand_module_is_skipped_when_absent():
-    register = cli._optional("varrt.no_such_module_for_tests")
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(), argparse.ArgumentParser(add_help=False))  # no error
-
-
 # --- explain in-process, the real Explainer on tiny models ------------------------------------------
 SHAPE = (3, 8, 8)
 NUM_CLASSES = 7
