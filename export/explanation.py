@@ -66,19 +66,10 @@ def explain_graph(
     >>> session = ort.InferenceSession(graph.SerializeToString())            # doctest: +SKIP
     >>> logits, maps = session.run(None, {"input": images, "class_ids": ids})  # doctest: +SKIP
     """
-    if method not in METHOD_TABLE:
-        raise UsageError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
-    if target not in TARGETS:
-        raise UsageError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
+    spec = _checked_method(method, target, batch)
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
     name = name or (str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model"))
     chosen = None if classes is None else parse_classes(classes, var=var)
-    spec = METHOD_TABLE[method]
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise UsageError(f"--batch must be a positive integer (got {batch!r})")
-    if batch is not None and spec.batching:
-        raise UsageError(f"{method} runs its {'steps' if spec.batching == 'interpolate' else 'samples'} "
-                         "along the batch axis, so it cannot be fixed: leave --batch out")
     proto = read_model(model)
     if {o.name for o in proto.graph.output} >= {LOGITS, ATTRIBUTIONS}:
         raise UsageError(f"{name}: is already an explanation graph (it has '{ATTRIBUTIONS}')")
@@ -97,6 +88,21 @@ def explain_graph(
                    var=var, temperature=temperature, tau=tau, var_scale=var_scale,
                    classes=chosen and chosen.text, batch=batch, target=target)
     return _finish(clf, outputs, options)
+
+
+def _checked_method(method: str, target: str, batch: int | None) -> Method:
+    """The method's description, once method, target and batch are known to fit together."""
+    if method not in METHOD_TABLE:
+        raise UsageError(f"unknown method '{method}' (choose from {', '.join(METHODS)})")
+    if target not in TARGETS:
+        raise UsageError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
+    spec = METHOD_TABLE[method]
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise UsageError(f"--batch must be a positive integer (got {batch!r})")
+    if batch is not None and spec.batching:
+        raise UsageError(f"{method} runs its {'steps' if spec.batching == 'interpolate' else 'samples'} "
+                         "along the batch axis, so it cannot be fixed: leave --batch out")
+    return spec
 
 
 def _check_options(**values: float) -> None:
