@@ -227,7 +227,7 @@ def _logits_source(graph: ir.Graph, name: str) -> ir.Value:
 # -- constant folding ------------------------------------------------------------------------
 def fold_constants(graph: ir.Graph) -> None:
     """Replace every value computable from constants alone by an initializer."""
-    from onnx.reference import ReferenceEvaluator
+    from onnx.reference import ReferenceEvaluator  # ~60 ms to import; only folding needs it
 
     for node in list(graph):
         if node.domain not in ("", "ai.onnx") or node.op_type not in _FOLDABLE:
