@@ -87,7 +87,7 @@ def explain_graph(
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
                    var=var, temperature=temperature, tau=tau, var_scale=var_scale,
                    classes=chosen and chosen.text, batch=batch, target=target)
-    return _finish(clf, outputs, options)
+    return _finish(clf, outputs, options, "K" if chosen is None else chosen.k)
 
 
 def _checked_method(method: str, target: str, batch: int | None) -> Method:
@@ -320,7 +320,9 @@ def _rename_reserved(graph: ir.Graph) -> None:
             v.name = f"{v.name}_model"
 
 
-def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onnx.ModelProto:
+def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict, k: int | str) -> onnx.ModelProto:
+    """The graph's outputs declared (``k``: the number of classes when the graph fixes it), the
+    target's passes run, and the model serialised with varrt's metadata."""
     graph = clf.model.graph
     image_dtype = clf.data_input.dtype
     assert image_dtype is not None  # load_classifier picked the one input with a float dtype
@@ -336,7 +338,7 @@ def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onn
             value = Emitter(graph, clf.opset).Identity(value)
         value.name = key
         value.type = ir.TensorType(ir.DataType.INT64 if key == CLASS_IDS else image_dtype)
-        value.shape = _output_shape(key, clf, options)
+        value.shape = _output_shape(key, clf, options, k)
         graph.outputs.append(value)
     ir_passes.RemoveUnusedNodesPass()(clf.model)
     optimize(clf.model, options["target"])
@@ -354,7 +356,7 @@ def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict) -> onn
     return proto
 
 
-def _output_shape(key: str, clf: Classifier, options: dict) -> ir.Shape:
+def _output_shape(key: str, clf: Classifier, options: dict, k: int | str = "K") -> ir.Shape:
     image = list(clf.data_input.shape or [])
     batch = image[0] if image else "N"
     if key == LOGITS:
@@ -363,8 +365,8 @@ def _output_shape(key: str, clf: Classifier, options: dict) -> ir.Shape:
         classes = int(np.prod(sizes)) if dims and len(sizes) == len(dims) else "C"
         return ir.Shape([batch, classes])
     if key == CLASS_IDS:
-        return ir.Shape([batch, "K"])
+        return ir.Shape([batch, k])
     spec = METHOD_TABLE[options["method"]]
     tail = image[2:] if spec.cam and not spec.modified else image[1:]
-    return ir.Shape([batch, "K", *tail])
+    return ir.Shape([batch, k, *tail])
 

@@ -13,10 +13,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
-import torch_models as tm
-from torch import nn
 from varrt.export.vjp import vjp_model
+
+torch = pytest.importorskip("torch", reason="the references are torch models")
+
+import torch_models as tm  # noqa: E402
+from torch import nn  # noqa: E402
 
 K = 3
 SHAPE = (16, 12, 10)  # 16 channels: the dense strided conv takes the phase form too
