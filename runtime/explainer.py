@@ -278,8 +278,8 @@ class Explainer:
                 graph = self._graph(variant)
                 if self.num_classes is None:
                     self.num_classes = _num_classes(graph)
-                # Before the backend loads: a TopK asking for more classes than exist fails there
-                # with a far less readable message.
+                # Before the backend loads: ids beyond the model's classes, fed at run time, fail
+                # inside the runtime with a far less readable message (the exporter checks rules).
                 check_spec_fits(self.spec, self.num_classes)
                 backend = create_backend(
                     self.backend_name,
