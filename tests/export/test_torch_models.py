@@ -3,6 +3,7 @@ checked against torch.autograd, image by image and class by class."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import numpy as np
@@ -28,6 +29,7 @@ CASES = [
     for m in MODELS
     for e in tm.EXPORTERS
 ]
+TOY_CASES = [pytest.param(m, e, id=f"{m}-{e}") for m in tm.TOY_MODELS for e in tm.EXPORTERS]
 
 
 class Case:
@@ -100,10 +102,10 @@ def test_gradient_matches_torch(case: Callable[[str, str], Case], name: str, exp
 
 @pytest.mark.parametrize("name,exporter", CASES)
 def test_dynamic_batch_and_classes(case: Callable[[str, str], Case], name: str, exporter: str) -> None:
-    """The explanation graph keeps the model's dynamic batch and K is free: N=3, K=1 and N=1, K=5
-    (EfficientNet: N=1, K=2)."""
+    """The explanation graph keeps the model's dynamic batch and K is free: N=3, K=1, N=1, K=5 and
+    N=1, K=1, where every cotangent has a single row (EfficientNet: N=1, K=2)."""
     c = case(name, exporter)
-    for n, k in [(1, 2)] if name in DEEP else [(3, 1), (1, 5)]:
+    for n, k in [(1, 2)] if name in DEEP else [(3, 1), (1, 5), (1, 1)]:
         x, ids = tm.random_inputs(c.shape, n=n, num_classes=c.num_classes, k=k, seed=10 + n)
         out = c.run(x, ids)
         assert out["logits"].shape == (n, c.num_classes)
@@ -122,3 +124,58 @@ def test_torch_reference_is_per_class() -> None:
             model(xt)[0, ids[n, k]].backward()
             assert xt.grad is not None
             np.testing.assert_allclose(batched[n, k], xt.grad[0].numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name,exporter", TOY_CASES)
+def test_fixed_batch_of_one(case: Callable[[str, str], Case], name: str, exporter: str) -> None:
+    """explain_graph(batch=1), the one-image graph the CPU Explainer runs: every shape static,
+    Shape-computed reshapes (the tokenisers') folded to constants. K = 1 and K = 4."""
+    c = case(name, exporter)
+    graph = explain_graph(c.onnx_model, method="gradient", batch=1)
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    session = tm.ort_session(graph)
+    for k in (1, 4):
+        x, ids = tm.random_inputs(c.shape, n=1, num_classes=c.num_classes, k=k, seed=20 + k)
+        attributions = session.run(["attributions"], {c.input_name: x, "class_ids": ids})[0]
+        err = c.check(x, ids, attributions, key=("batch1", k))
+        tm.record("gradient vs torch.autograd, batch fixed to 1: max relative error", name, exporter, err.max())
+
+
+@pytest.mark.parametrize("widths", [(16, 32, 64), (32,)], ids=["three-convs", "one-conv"])
+def test_torch_reference_for_one_image(widths: tuple[int, ...]) -> None:
+    """The torch reference for one image and one class agrees with float64 central differences along
+    its own direction, where a permuted gradient would have a derivative near 0. Guards
+    ``torch_gradients`` against PyTorch's batch-of-one BatchNorm backward, which LeViT's pooling
+    (``mean(1)`` right after the tokeniser) runs into; issue 11: the permuted reference made correct
+    LeViT and EfficientFormer graphs look wrong."""
+    model = _token_mean_model(widths)
+    x, ids = tm.random_inputs(tm.TOY_INPUT, n=1, k=1, seed=3)
+    grad = tm.torch_gradients(model, x, ids, dtype=torch.float64)[0, 0]
+    norm = float(np.linalg.norm(grad))
+    model64 = copy.deepcopy(model).double()
+    x64, step = torch.from_numpy(x).double(), torch.from_numpy(grad / norm)[None]
+    eps = 1e-4
+    with torch.no_grad():
+        numeric = float(model64(x64 + eps * step)[0, ids[0, 0]] - model64(x64 - eps * step)[0, ids[0, 0]]) / (2 * eps)
+    assert abs(numeric - norm) <= 1e-6 * norm, (numeric, norm)
+
+
+@pytest.mark.parametrize("batch", [None, 1], ids=["dynamic-batch", "batch1"])
+@pytest.mark.parametrize("exporter", list(tm.EXPORTERS))
+def test_token_mean(exporter: str, batch: int | None) -> None:
+    """LeViT's token pooling, ``mean(1)`` right after ``flatten(2).transpose(1, 2)``, three stride-2
+    Conv + BatchNorm blocks before it; one image and one class included. With a dynamic batch the
+    TorchScript exporter computes the tokeniser's Reshape target as [N, C, -1] from Shape, so shape
+    inference leaves the token count symbolic although the image size is fixed."""
+    module = _token_mean_model((16, 32, 64))
+    graph = explain_graph(tm.EXPORTERS[exporter](module, tm.TOY_INPUT), method="gradient", batch=batch)
+    for n, k in [(2, 3), (1, 1)] if batch is None else [(1, 3), (1, 1)]:
+        x, ids = tm.random_inputs(tm.TOY_INPUT, n=n, k=k, seed=30 + n + k)
+        attributions = tm.run_explanation(graph, x, ids)["attributions"]
+        err = tm.rel_errors(attributions, tm.torch_gradients(module, x, ids))
+        assert err.max() < REL_TOL, f"N={n}, K={k}: per (image, class) relative errors:\n{err}"
+
+
+def _token_mean_model(widths: tuple[int, ...]) -> nn.Module:
+    torch.manual_seed(9)
+    return tm._randomise(tm.TokensByMean(widths), 9)

