@@ -30,8 +30,12 @@ def reduce_sum_mean(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     axes = _reduced_axes(ctx, node)
     g = _kept(ctx, node, g, axes)
     if node.op_type == "ReduceMean" and axes:
-        count = int(np.prod(ctx.static_dims(node, x, axes)))
-        g = ctx.em.Mul(g, ctx.em.scalar(1.0 / count, like=x))
+        dims = ctx.dims(x)
+        if all(dims[a] is not None for a in axes):
+            g = ctx.em.Mul(g, ctx.em.scalar(1.0 / int(np.prod([dims[a] for a in axes])), like=x))
+        else:  # sizes known at run time only (tokens of a Reshape to [N, C, -1] under a dynamic batch)
+            sizes = ctx.em.cast_like(ctx.em.Gather(ctx.em.shape(x), ctx.em.ints(axes), axis=0), x)
+            g = ctx.em.Div(g, ctx.em.reduce("ReduceProd", sizes, [0], keepdims=False))
     return [ctx.em.Expand(g, ctx.with_classes(x, g))] + [None] * (len(node.inputs) - 1)
 
 
