@@ -94,6 +94,17 @@ def _plots_module(args: argparse.Namespace) -> Any:
 
 
 # --- argument helpers ----------------------------------------------------------------------------
+def _images_and_methods(p: argparse.ArgumentParser, defaults: Sequence[str]) -> None:
+    """--images (default: the bundled photos) and --methods (default: ``defaults``)."""
+    p.add_argument("--images", nargs="+", metavar="PATH", help="folders or files of photos (default: the bundled ones)")
+    p.add_argument(
+        "--methods",
+        type=_method_list(gpg.METHODS),
+        default=list(defaults),
+        help=f"comma-separated, or all (default: {','.join(defaults)})",
+    )
+
+
 def _method_list(known: Sequence[str]) -> Callable[[str], list[str]]:
     def parse(text: str) -> list[str]:
         methods = list(known) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
@@ -296,13 +307,7 @@ def add_parser(subparsers: Any, parent: argparse.ArgumentParser | None = None) -
     )
     _common(p, os.path.join(DEFAULT_OUT, "sanity"))
     _method_option_arguments(p)
-    p.add_argument("--images", nargs="+", metavar="PATH", help="folders or files of photos (default: the bundled ones)")
-    p.add_argument(
-        "--methods",
-        type=_method_list(gpg.METHODS),
-        default=list(sanity.METHODS),
-        help=f"comma-separated, or all (default: {','.join(sanity.METHODS)})",
-    )
+    _images_and_methods(p, sanity.METHODS)
     p.add_argument(
         "--steps",
         type=int,
@@ -392,13 +397,7 @@ def _add_deletion_parser(commands: Any, parents: list[argparse.ArgumentParser]) 
     )
     _common(p, os.path.join(DEFAULT_OUT, "deletion"))
     _method_option_arguments(p)
-    p.add_argument("--images", nargs="+", metavar="PATH", help="folders or files of photos (default: the bundled ones)")
-    p.add_argument(
-        "--methods",
-        type=_method_list(gpg.METHODS),
-        default=list(insertion_deletion.METHODS),
-        help=f"comma-separated, or all (default: {','.join(insertion_deletion.METHODS)})",
-    )
+    _images_and_methods(p, insertion_deletion.METHODS)
     p.add_argument("--steps", type=int, default=32, help="perturbation steps per curve (default: %(default)s)")
     p.add_argument(
         "--ranking",

@@ -316,3 +316,28 @@ def test_rule_against_finite_differences(case: Case, target: str):
             + 1e-6
         )
         assert abs(lhs - rhs) <= case.tol * scale, f"{case.id}: <c, J t> = {lhs}, <J^T c, t> = {rhs}"
+
+
+def _rectifies(case: Case) -> bool:
+    """Guided backprop's definition: ReLU-like units pass only positive cotangents; Clip is one
+    when its lower bound is 0 (ReLU6), not as a plain saturation."""
+    if case.op == "Clip":
+        low = case.attrs.get("min") if case.opset < 11 else (case.inputs[1].value if len(case.inputs) > 1 else None)
+        return low is not None and float(low) == 0.0
+    return case.op in ("Relu", "LeakyRelu", "PRelu", "Elu")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_guided_backprop_is_the_gradient_of_the_positive_cotangent_on_rectifiers(case: Case):
+    """guided VJP(c) == plain VJP(relu(c)) on rectifiers, == plain VJP(c) on every other op."""
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    model32, feeds = _model(case, rng, np.float32)
+    plain, guided = (ort.InferenceSession(vjp_model(model32, modified_backward=m).SerializeToString(),
+                                          providers=["CPUExecutionProvider"]) for m in (None, "guided"))
+    cotangents = {i.name: rng.standard_normal([2, *i.shape[1:]]).astype(np.float32)
+                  for i in plain.get_inputs() if i.name.startswith("cotangent_")}
+    passed = {n: np.maximum(c, 0) for n, c in cotangents.items()} if _rectifies(case) else cotangents
+    ours = guided.run(None, {**feeds, **cotangents})
+    expected = plain.run(None, {**feeds, **passed})
+    for a, b in zip(ours, expected):
+        np.testing.assert_array_equal(a, b)
