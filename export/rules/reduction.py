@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_ir as ir
+from varrt.export.emitter import float_dtype
 from varrt.export.rules.context import Context
 from varrt.export.rules.pooling import spread_over_maxima
 
@@ -30,21 +33,67 @@ def reduce_sum_mean(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     axes = _reduced_axes(ctx, node)
     g = _kept(ctx, node, g, axes)
     if node.op_type == "ReduceMean" and axes:
-        dims = ctx.dims(x)
-        if all(dims[a] is not None for a in axes):
-            g = ctx.em.Mul(g, ctx.em.scalar(1.0 / int(np.prod([dims[a] for a in axes])), like=x))
+        sizes_known = [d for d in (ctx.dims(x)[a] for a in axes) if d is not None]
+        if len(sizes_known) == len(axes):
+            g = ctx.em.Mul(g, ctx.em.scalar(1.0 / int(np.prod(sizes_known)), like=x))
         else:  # sizes known at run time only (tokens of a Reshape to [N, C, -1] under a dynamic batch)
             sizes = ctx.em.cast_like(ctx.em.Gather(ctx.em.shape(x), ctx.em.ints(axes), axis=0), x)
             g = ctx.em.Div(g, ctx.em.reduce("ReduceProd", sizes, [0], keepdims=False))
     return [ctx.em.Expand(g, ctx.with_classes(x, g))] + [None] * (len(node.inputs) - 1)
 
 
+def _output_kept(ctx: Context, node: ir.Node, axes: list[int]) -> ir.Value:
+    """The forward output with the reduced axes back as size-1 axes."""
+    y = node.outputs[0]
+    return y if node.attributes.get_int("keepdims", 1) or not axes else ctx.em.unsqueeze(y, axes)
+
+
 def reduce_max(ctx: Context, node: ir.Node, g: ir.Value) -> list:
-    x, y = ctx.arg(node, 0), node.outputs[0]
+    # ReduceMin too: the cotangent goes to the elements equal to the result, ties split evenly.
+    x = ctx.arg(node, 0)
     axes = _reduced_axes(ctx, node)
-    y_kept = y if node.attributes.get_int("keepdims", 1) else ctx.em.unsqueeze(y, axes)
-    spread = spread_over_maxima(ctx, x, y_kept, _kept(ctx, node, g, axes), axes)
+    spread = spread_over_maxima(ctx, x, _output_kept(ctx, node, axes), _kept(ctx, node, g, axes), axes)
     return [spread] + [None] * (len(node.inputs) - 1)
+
+
+Local = Callable[[Context, ir.Value, ir.Value, list[int]], ir.Value]  # (ctx, x, y_kept, axes) -> dy/dx
+
+
+def _reduction(local: Local) -> Callable[[Context, ir.Node, ir.Value], list]:
+    """The rule of a reduction from its local derivative dy/dx (x's shape, y kept at size 1)."""
+
+    def vjp(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+        x = ctx.arg(node, 0)
+        axes = _reduced_axes(ctx, node)
+        gx = ctx.em.Mul(_kept(ctx, node, g, axes), local(ctx, x, _output_kept(ctx, node, axes), axes))
+        return [gx] + [None] * (len(node.inputs) - 1)
+
+    return vjp
+
+
+def _l2_local(ctx: Context, x: ir.Value, y: ir.Value, axes: list[int]) -> ir.Value:
+    # x / |x|; where the norm is 0 every x is 0, and the guard makes that 0 (torch's subgradient).
+    tiny = ctx.em.scalar(float(np.finfo(float_dtype(x)).tiny), like=x)
+    return ctx.em.Div(x, ctx.em.Max(y, tiny))
+
+
+def _prod_local(ctx: Context, x: ir.Value, y: ir.Value, axes: list[int]) -> ir.Value:
+    # The product of the others, exact with zeros: the product of the nonzero elements over the
+    # element itself (zeros counted as 1), where no other element is zero, else 0.
+    em = ctx.em
+    zero = em.equal(x, em.scalar(0.0, like=x))
+    nonzero = em.Where(zero, em.scalar(1.0, like=x), x)
+    zeros = em.mask(zero, like=x)
+    others_zero = em.Sub(em.reduce_sum(zeros, axes, keepdims=True), zeros)
+    none_other = em.mask(em.Less(others_zero, em.scalar(0.5, like=x)), like=x)
+    return em.Mul(em.Div(em.reduce("ReduceProd", nonzero, axes, keepdims=True), nonzero), none_other)
+
+
+reduce_l1 = _reduction(lambda ctx, x, y, axes: ctx.em.Sign(x))
+reduce_l2 = _reduction(_l2_local)
+reduce_sum_square = _reduction(lambda ctx, x, y, axes: ctx.em.Mul(x, ctx.em.scalar(2.0, like=x)))
+reduce_log_sum_exp = _reduction(lambda ctx, x, y, axes: ctx.em.Exp(ctx.em.Sub(x, y)))
+reduce_prod = _reduction(_prod_local)
 
 
 def _softmax_axes(ctx: Context, node: ir.Node, coerced: bool) -> list[int]:

@@ -65,6 +65,15 @@ def F(value) -> In:
 
 
 NONE = None
+# ReduceProd at zeros: rows with one zero, two zeros and none (the product is multilinear, so
+# central differences are exact there).
+WITH_ZEROS = In((2, 3, 4), positive=True, value=np.array(
+    [[[0.5, 0.0, 1.5, -2.0], [0.0, 1.2, 0.0, 0.7], [1.1, -0.6, 0.9, 1.3]],
+     [[0.8, 1.4, -0.3, 0.0], [0.6, 0.6, -1.2, 0.5], [0.0, 0.0, 0.0, 0.4]]]))
+# Ties for ReduceMin/ReduceMax along axis 1: at a tie the central difference averages the two
+# one-sided slopes, (max(ta, tb) + min(ta, tb)) / 2, which is the even split the rules make.
+TIED = In((2, 3, 2), positive=True, value=np.array(
+    [[[1.0, -0.5], [1.0, 0.3], [-2.0, -0.5]], [[0.2, 0.4], [0.9, 0.4], [0.9, -1.0]]]))
 
 
 @dataclass
@@ -175,6 +184,19 @@ CASES = [
     Case("ReduceSum", [X(2, 3, 4), C([0, 2])], opset=13, attrs=dict(keepdims=0)),
     Case("ReduceMax", [X(2, 3, 4)], opset=13, attrs=dict(axes=[2], keepdims=0)),
     Case("ReduceMax", [X(2, 3, 4), C([1])], opset=18),
+    Case("ReduceMin", [X(2, 3, 4)], opset=13, attrs=dict(axes=[2], keepdims=0)),
+    Case("ReduceMin", [TIED, C([1])], opset=18),
+    Case("ReduceMax", [TIED, C([1])], opset=18),
+    Case("ReduceL1", [X(2, 3, 4)], opset=13, attrs=dict(axes=[1, 2], keepdims=0)),
+    Case("ReduceL1", [X(2, 3, 4), C([-1])], opset=18),
+    Case("ReduceL2", [X(2, 3, 4)], opset=13, attrs=dict(axes=[2])),
+    Case("ReduceL2", [X(2, 3, 4), C([1, 2])], opset=18, attrs=dict(keepdims=0)),
+    Case("ReduceSumSquare", [X(2, 3, 4)], opset=13, attrs=dict(axes=[0], keepdims=0)),
+    Case("ReduceSumSquare", [X(2, 3, 4), C([2])], opset=18),
+    Case("ReduceLogSumExp", [X(2, 3, 4)], opset=13, attrs=dict(axes=[1])),
+    Case("ReduceLogSumExp", [X(2, 3, 4), C([2])], opset=18, attrs=dict(keepdims=0)),
+    Case("ReduceProd", [X(2, 3, 4)], opset=13, attrs=dict(axes=[1, 2], keepdims=0)),
+    Case("ReduceProd", [WITH_ZEROS, C([2])], opset=18),  # one zero in a row, two zeros, none
     Case("Softmax", [X(2, 3, 4)], opset=11, attrs=dict(axis=1)),
     Case("Softmax", [X(2, 3, 4)], opset=13),
     Case("LogSoftmax", [X(2, 5)], opset=13, attrs=dict(axis=1)),
