@@ -76,6 +76,40 @@ def leaky_relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), below))]
 
 
+# Selu and Celu are Elu with a scale (Selu) or a rescaled argument (Celu); their slope below
+# zero is read from the output, as Elu's: Selu's is y + gamma alpha, Celu's y / alpha + 1.
+def selu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x, y = ctx.em, ctx.arg(node, 0), node.outputs[0]
+    alpha = node.attributes.get_float("alpha", 1.67326319217681884765625)
+    gamma = node.attributes.get_float("gamma", 1.05070102214813232421875)
+    below = em.Add(y, em.scalar(gamma * alpha, like=x))
+    return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(gamma, like=x), below))]
+
+
+def celu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    em, x, y = ctx.em, ctx.arg(node, 0), node.outputs[0]
+    alpha = node.attributes.get_float("alpha", 1.0)
+    below = em.Add(em.Mul(y, em.scalar(1.0 / alpha, like=x)), em.scalar(1.0, like=x))
+    return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), below))]
+
+
+def thresholded_relu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    x = ctx.arg(node, 0)
+    above = ctx.em.Greater(x, ctx.em.scalar(node.attributes.get_float("alpha", 1.0), like=x))
+    return [ctx.em.Mul(g, ctx.em.mask(above, like=x))]
+
+
+def _mish_derivative(em: Emitter, x: ir.Value) -> ir.Value:
+    # d/dx x tanh(softplus(x)) = tanh(sp) + x sigmoid(x) (1 - tanh(sp)^2)
+    t = em.Tanh(em.Softplus(x))
+    sech2 = em.Sub(em.scalar(1.0, like=x), em.Mul(t, t))
+    return em.Add(t, em.Mul(em.Mul(x, em.Sigmoid(x)), sech2))
+
+
+mish = unary(lambda em, x, y: _mish_derivative(em, x))
+softsign = unary(lambda em, x, y: em.Reciprocal(em.Mul(*[em.Add(em.scalar(1.0, like=x), em.Abs(x))] * 2)))
+
+
 def prelu(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x, slope = ctx.em, ctx.arg(node, 0), ctx.arg(node, 1)
     return [em.Mul(g, em.Where(em.Greater(x, em.scalar(0.0, like=x)), em.scalar(1.0, like=x), slope)), None]

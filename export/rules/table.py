@@ -75,11 +75,14 @@ RULES: tuple[Row, ...] = (
     Row("BatchNormalization", norm.batch_norm, AFFINE),
     Row("Cast", ar.cast, SHAPE),
     Row("Ceil", ar.zero, CONSTANT),
+    Row("Celu", act.celu, RECTIFIER, (12, None)),  # an Elu: see Elu
     Row("Clip", act.clip, RECTIFIER),
     Row("Concat", lay.concat, SHAPE),
     Row("Conv", lin.conv, AFFINE),
     Row("Div", ar.div, ELEMENTWISE),
     Row("Dropout", ar.dropout, SHAPE),
+    # Elu and its kin (Selu, Celu) are ReLUs with a smooth negative part, in the family as
+    # LeakyRelu is: guided backprop passes only positive cotangents through every ReLU-like gate.
     Row("Elu", act.leaky_relu, RECTIFIER),
     Row("Erf", act.erf, ELEMENTWISE),
     Row("Exp", act.exp, ELEMENTWISE),
@@ -104,6 +107,7 @@ RULES: tuple[Row, ...] = (
     Row("MatMul", lin.matmul, AFFINE),
     Row("Max", ar.extremum, SELECTION),
     Row("MaxPool", pool.max_pool, SELECTION),
+    Row("Mish", act.mish, ELEMENTWISE, (18, None)),  # smooth, negative outputs: a Swish, not a gate
     Row("Mean", ar.mean, LINEAR),
     Row("Min", ar.extremum, SELECTION),
     Row("Mul", ar.mul, ELEMENTWISE),
@@ -125,18 +129,23 @@ RULES: tuple[Row, ...] = (
     Row("Reshape", lay.reshape, SHAPE),
     Row("Resize", rsz.resize, LINEAR, (10, None)),
     Row("Round", ar.zero, CONSTANT, (11, None)),
+    Row("Selu", act.selu, RECTIFIER),  # a scaled Elu: see Elu
     Row("Sigmoid", act.sigmoid, ELEMENTWISE),
     Row("Sign", ar.zero, CONSTANT, (9, None)),
     Row("Slice", lay.slice_, SHAPE),
     Row("Softmax", red.softmax_coerced, NORMALIZATION, (1, 12)),  # 2-D coercion at axis
     Row("Softmax", red.softmax, NORMALIZATION, (13, None)),
     Row("Softplus", act.softplus, ELEMENTWISE),
+    Row("Softsign", act.softsign, ELEMENTWISE),  # a saturating squash like Tanh
     Row("Split", lay.split, SHAPE),
     Row("Sqrt", act.sqrt, ELEMENTWISE),
     Row("Squeeze", lay.reshape, SHAPE),
     Row("Sub", ar.sub, LINEAR),
     Row("Sum", ar.add, LINEAR),
     Row("Tanh", act.tanh, ELEMENTWISE),
+    # x above the threshold, 0 elsewhere: a ReLU whose gate opens at alpha instead of 0, so
+    # guided backprop treats it as one.
+    Row("ThresholdedRelu", act.thresholded_relu, RECTIFIER, (10, None)),
     Row("Tile", lay.tile, SHAPE),
     Row("Transpose", lay.transpose, SHAPE),
     Row("Unsqueeze", lay.reshape, SHAPE),

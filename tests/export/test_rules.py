@@ -70,6 +70,10 @@ NONE = None
 WITH_ZEROS = In((2, 3, 4), positive=True, value=np.array(
     [[[0.5, 0.0, 1.5, -2.0], [0.0, 1.2, 0.0, 0.7], [1.1, -0.6, 0.9, 1.3]],
      [[0.8, 1.4, -0.3, 0.0], [0.6, 0.6, -1.2, 0.5], [0.0, 0.0, 0.0, 0.4]]]))
+# ThresholdedRelu jumps by alpha at x = alpha and ONNX Runtime runs it in float32 only (step
+# 1e-2): inputs stay 0.1 clear of both thresholds tested (0.3 and the default 1).
+OFF_THRESHOLD = In((2, 3, 4), positive=True, value=np.array(
+    [-1.3, -0.4, 0.0, 0.1, 0.5, 0.7, 1.2, 1.6, 2.1, -0.8, 0.6, 1.4] * 2).reshape(2, 3, 4))
 # Ties for ReduceMin/ReduceMax along axis 1: at a tie the central difference averages the two
 # one-sided slopes, (max(ta, tb) + min(ta, tb)) / 2, which is the even split the rules make.
 TIED = In((2, 3, 2), positive=True, value=np.array(
@@ -135,7 +139,15 @@ CASES = [
     Case("Clip", [X(2, 3, 4)], opset=9, attrs=dict(min=-0.5, max=0.5)),
     Case("Clip", [X(2, 3, 4), F(0.0), F(1.0)], opset=13),
     Case("Clip", [X(2, 3, 4), F(-1.0)], opset=13),
+    Case("Selu", [X(2, 3, 4)]),
+    Case("Selu", [X(2, 3, 4)], attrs=dict(alpha=1.2, gamma=0.8)),
+    Case("Celu", [X(2, 3, 4)], opset=12),
+    Case("Celu", [X(2, 3, 4)], opset=13, attrs=dict(alpha=0.6)),
+    Case("ThresholdedRelu", [OFF_THRESHOLD], opset=10, attrs=dict(alpha=0.3)),
+    Case("ThresholdedRelu", [OFF_THRESHOLD], opset=17),
     Case("Sigmoid", [X(2, 3)]),
+    Case("Mish", [X(3, 4)], opset=18),
+    Case("Softsign", [X(3, 4)]),
     Case("HardSigmoid", [X(4, 5)], attrs=dict(alpha=0.3, beta=0.4)),
     Case("HardSwish", [In((4, 5))], opset=14),
     Case("Tanh", [X(2, 3)]),
@@ -346,7 +358,7 @@ def _rectifies(case: Case) -> bool:
     if case.op == "Clip":
         low = case.attrs.get("min") if case.opset < 11 else (case.inputs[1].value if len(case.inputs) > 1 else None)
         return low is not None and float(low) == 0.0
-    return case.op in ("Relu", "LeakyRelu", "PRelu", "Elu")
+    return case.op in ("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "ThresholdedRelu")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
