@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+from varrt.export.emitter import float_dtype
 from varrt.export.rules.context import Context
 
 
@@ -129,8 +130,8 @@ def pad(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     em, x = ctx.em, ctx.arg(node, 0)
     rank = ctx.rank(x)
     mode = node.attributes.get_string("mode", "constant")
-    if mode != "constant":
-        raise ctx.fail(node, f"Pad mode '{mode}' (only constant padding is differentiated)")
+    if mode not in ("constant", *_SOURCE):
+        raise ctx.fail(node, f"Pad mode '{mode}' (constant, reflect, edge and wrap are differentiated)")
     pads = ctx.ints(node, "pads") or [0] * (2 * rank)
     axes = list(range(rank))
     if len(node.inputs) > 3 and node.inputs[3] is not None:  # axes, an input from opset 18 on
@@ -139,6 +140,8 @@ def pad(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     for i, a in enumerate(axes):
         begins[a], ends[a] = pads[i], pads[len(axes) + i]
     sizes = ctx.static_dims(node, x, [a for a in range(rank) if begins[a] or ends[a]])
+    if mode != "constant":
+        return [_fold_border(ctx, node, g, mode, begins, ends, sizes)] + [None] * (len(node.inputs) - 1)
     # Positive pads are cut away; negative pads (crops) are padded back with zeros.
     cut_axes = [a for a in range(rank) if begins[a] > 0 or ends[a] > 0]
     size_of = dict(zip([a for a in range(rank) if begins[a] or ends[a]], sizes))
@@ -148,6 +151,63 @@ def pad(ctx: Context, node: ir.Node, g: ir.Value) -> list:
                      [a + 1 for a in cut_axes])
     back = [0] + [max(-b, 0) for b in begins] + [0] + [max(-e, 0) for e in ends]
     return [em.pad(g, back)] + [None] * (len(node.inputs) - 1)
+
+
+# Where output position i - begin of a padded axis of ``size`` reads from, per mode.
+_SOURCE = {
+    "edge": lambda i, size: min(max(i, 0), size - 1),
+    "wrap": lambda i, size: i % size,
+    "reflect": lambda i, size: _reflect(i, size),
+}
+
+
+def _reflect(i: int, size: int) -> int:
+    if size == 1:
+        return 0
+    period = 2 * (size - 1)  # reflecting about both ends repeats with this period
+    i %= period
+    return i if i < size else period - i
+
+
+def _fold_border(ctx: Context, node: ir.Node, g: ir.Value, mode: str, begins: list[int], ends: list[int],
+                 sizes: list[int]) -> ir.Value:
+    """Reflect/edge/wrap padding copies input elements into the border; its VJP adds each border
+    cotangent back onto the element it copied: per padded axis, a constant 0/1 matrix [out, in]
+    applied on that axis."""
+    em, x = ctx.em, ctx.arg(node, 0)
+    padded = [a for a in range(len(begins)) if begins[a] or ends[a]]
+    if any(begins[a] < 0 or ends[a] < 0 for a in padded):
+        raise ctx.fail(node, f"negative pads (crops) in Pad mode '{mode}'")
+    rank = len(begins) + 1  # the cotangent's, class axis first
+    for a, size in zip(padded, sizes):
+        fold = np.zeros((begins[a] + size + ends[a], size), dtype=float_dtype(x))
+        for o in range(fold.shape[0]):
+            fold[o, _SOURCE[mode](o - begins[a], size)] += 1.0
+        last = list(range(rank))
+        last.append(last.pop(a + 1))
+        moved = em.MatMul(em.Transpose(g, perm=last), em.const(fold))
+        g = em.Transpose(moved, perm=[int(p) for p in np.argsort(last)])
+    return g
+
+
+def depth_to_space(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # DCR is undone by SpaceToDepth. CRD is DCR after a fixed channel permutation P (CRD's channel
+    # c*b*b + i*b + j is DCR's (i*b + j)*C' + c), so its VJP is SpaceToDepth and then P's inverse.
+    em, x = ctx.em, ctx.arg(node, 0)
+    b = node.attributes.get_int("blocksize")
+    rows = em.SpaceToDepth(ctx.to_rows(g, node.outputs[0]), blocksize=b)
+    if node.attributes.get_string("mode", "DCR") == "CRD":
+        channels = ctx.static_dims(node, x, [1])[0]
+        inner = channels // (b * b)
+        perm = np.arange(channels).reshape(inner, b * b).T.reshape(-1)  # DCR channel -> CRD channel
+        rows = em.Gather(rows, em.ints([int(c) for c in np.argsort(perm)]), axis=1)
+    return [ctx.from_rows(rows, g, x)]
+
+
+def space_to_depth(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    rows = ctx.to_rows(g, node.outputs[0])
+    undone = ctx.em.DepthToSpace(rows, blocksize=node.attributes.get_int("blocksize"), mode="DCR")
+    return [ctx.from_rows(undone, g, ctx.arg(node, 0))]
 
 
 def tile(ctx: Context, node: ir.Node, g: ir.Value) -> list:

@@ -79,6 +79,7 @@ RULES: tuple[Row, ...] = (
     Row("Clip", act.clip, RECTIFIER),
     Row("Concat", lay.concat, SHAPE),
     Row("Conv", lin.conv, AFFINE),
+    Row("DepthToSpace", lay.depth_to_space, SHAPE),
     Row("Div", ar.div, ELEMENTWISE),
     Row("Dropout", ar.dropout, SHAPE),
     # Elu and its kin (Selu, Celu) are ReLUs with a smooth negative part, in the family as
@@ -137,6 +138,7 @@ RULES: tuple[Row, ...] = (
     Row("Softmax", red.softmax, NORMALIZATION, (13, None)),
     Row("Softplus", act.softplus, ELEMENTWISE),
     Row("Softsign", act.softsign, ELEMENTWISE),  # a saturating squash like Tanh
+    Row("SpaceToDepth", lay.space_to_depth, SHAPE),
     Row("Split", lay.split, SHAPE),
     Row("Sqrt", act.sqrt, ELEMENTWISE),
     Row("Squeeze", lay.reshape, SHAPE),
