@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 from varrt import data, images
 from varrt.bench import gpg, grids, insertion_deletion, plots, sanity, speed
 from varrt.core import defaults
 from varrt.core.errors import UsageError, VarrtError
 from varrt.export.model_loading import read_model
-from varrt.progress import Progress
 
 DEFAULT_OUT = "varrt-bench"
 
@@ -42,18 +42,23 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 class _ProgressAdapter:
-    """Feeds the benchmarks' (done, total, note) callbacks into ``varrt.progress.Progress`` bars."""
+    """Feeds the benchmarks' (done, total, note) callbacks into tqdm bars on stderr.
+
+    ``enabled=None`` leaves it to tqdm: drawn only when stderr is a terminal. A new total, or a
+    count going back, starts a new bar (a benchmark's next phase)."""
 
     def __init__(self, label: str, enabled: bool | None = None):
         self.label = label
         self.enabled = enabled
-        self.bar: Any = None
+        self.bar: tqdm | None = None
 
     def __call__(self, done: int, total: int, note: str) -> None:
-        if self.bar is None or self.bar.total != total or done < self.bar.done:
+        if self.bar is None or self.bar.total != total or done < self.bar.n:
             self.close()
-            self.bar = Progress(total=total, label=self.label, enabled=self.enabled)
-        self.bar.update(done - self.bar.done, note=note)
+            self.bar = tqdm(total=total, desc=self.label, file=sys.stderr,
+                            disable=None if self.enabled is None else not self.enabled)
+        self.bar.set_postfix_str(note, refresh=False)
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:

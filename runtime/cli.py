@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 import onnx
-from varrt import data
+from tqdm import tqdm
+from varrt import audit, data
 from varrt.bench import cli as bench_cli
 from varrt.core import defaults
 from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS
@@ -36,7 +37,7 @@ from varrt.export.passes import TARGETS
 from varrt.files import atomic_path
 from varrt.images import Preprocessing, check_readable, iter_batches, preprocessing_for
 from varrt.overlay import explanation_figure, short_label
-from varrt.progress import Progress
+from varrt.results import RESULTS_NAME, ResultsWriter
 
 _BACKENDS = ("auto", "onnxruntime", "onnxruntime-cpu", "cuda", "onnxruntime-cuda", "tensorrt")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -44,6 +45,8 @@ _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".w
 # to an external data file beside the graph.
 _EXTERNAL_DATA_BYTES = int(1.8 * 1024**3)
 DEMO_OUT = "varrt-demo"
+#: What ``--save`` writes beside results.parquet: the full .npz and PNG, VAR maps only, or nothing.
+SAVE_CHOICES = ("all", "var", "summary")
 
 Run = Callable[[argparse.Namespace], "int | None"]
 
@@ -128,6 +131,13 @@ class ExplainJob:
     labels: str | None = None
     overlays: bool = True
     quiet: bool = False
+    save: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.save not in SAVE_CHOICES:
+            raise UsageError(f"--save must be one of {', '.join(SAVE_CHOICES)}, got {self.save!r}")
+        if self.save == "var" and not self.options.var:
+            raise UsageError("--save var keeps only the VAR maps, but --no-var computes none")
 
 
 @dataclass
@@ -147,7 +157,7 @@ class _Explained:
 
 
 def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
-    """Explain every image of ``job``: per image ``<stem>.npz`` and ``<stem>.png`` in ``job.out``.
+    """Explain every image of ``job``: ``results.parquet`` and, per ``job.save``, per-image files.
 
     Returns one summary per image (file, outputs, top class); prints a line per image and where
     the outputs are unless ``job.quiet``. The model file is read once and handed on.
@@ -162,14 +172,50 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
     explainer = Explainer.from_options(model, job.options, name=str(job.model))
     job.out.mkdir(parents=True, exist_ok=True)
     summaries: list[dict[str, Any]] = []
-    with Progress(len(job.images), label=job.options.method, enabled=False if job.quiet else None) as bar:
+    results = ResultsWriter(job.out / RESULTS_NAME, _run_record(job, explainer.backend_name))
+    with results, _progress_bar(len(job.images), job.options.method, job.quiet) as bar:
         for image in _explain_images(job, explainer, prep, labels):
             outputs = _write_outputs(job, image)
+            results.add(_result_row(job, image))
             summaries.append(_summary(image, outputs))
-            bar.update(1, note=image.source.name)
+            bar.update(1)
     if not job.quiet:
         _print_summaries(job, summaries, explainer.backend_name, stdout if stdout is not None else sys.stdout)
     return summaries
+
+
+def _progress_bar(total: int, label: str, quiet: bool) -> tqdm:
+    """tqdm on stderr; off with --quiet, and (tqdm's ``disable=None``) when stderr is not a terminal."""
+    return tqdm(total=total, desc=label, unit="image", file=sys.stderr, disable=True if quiet else None)
+
+
+def _run_record(job: ExplainJob, backend: str) -> dict[str, Any]:
+    """The run's settings, kept in results.parquet's metadata."""
+    options = job.options
+    return {
+        "model": str(job.model), "method": options.method, "classes": str(options.classes), "var": options.var,
+        "temperature": options.temperature, "tau": options.tau, "var_scale": options.var_scale,
+        "method_options": dict(options.method_options), "backend": backend, "save": job.save,
+        "images": len(job.images), "varrt_version": __version__,
+    }
+
+
+def _result_row(job: ExplainJob, image: _Explained) -> dict[str, Any]:
+    """One row of results.parquet (columns: varrt.results.SCHEMA)."""
+    predicted = int(np.argmax(image.probabilities))
+    figures = audit.image_figures(image.attributions, image.var, job.options.temperature, job.options.var_scale)
+    return {
+        "path": str(image.source),
+        "stem": image.stem,
+        "class_ids": image.class_ids.tolist(),
+        "class_names": image.names,
+        "probabilities": image.probabilities[image.class_ids].tolist(),
+        "logits": image.logits[image.class_ids].tolist(),
+        "predicted_id": predicted,
+        "predicted_name": image.top_name,
+        "predicted_probability": float(image.probabilities[predicted]),
+        **figures,
+    }
 
 
 def _explain_images(
@@ -204,21 +250,27 @@ def _explain_images(
 
 
 def _write_outputs(job: ExplainJob, image: _Explained) -> list[Path]:
-    """``<stem>.npz`` (and ``<stem>.png`` with overlays), each written atomically."""
+    """Per ``job.save``: ``<stem>.npz`` (and ``<stem>.png`` with overlays), each written atomically."""
+    if job.save == "summary":
+        return []
     arrays = {  # the graph's outputs for this image, and what the CLI adds to them
         CLASS_IDS: image.class_ids,
         "class_names": np.array(image.names),
         "probabilities": image.probabilities[image.class_ids].astype(np.float32),
         LOGITS: image.logits.astype(np.float32),
-        ATTRIBUTIONS: image.attributions.astype(np.float32),
     }
-    if image.var is not None:
-        arrays["var"] = image.var.astype(np.float32)
+    if job.save == "var":
+        assert image.var is not None  # ExplainJob refuses --save var with --no-var
+        arrays["var"] = audit.pixel_maps(image.var).astype(np.float16)
+    else:
+        arrays[ATTRIBUTIONS] = image.attributions.astype(np.float32)
+        if image.var is not None:
+            arrays["var"] = image.var.astype(np.float32)
     npz_path = job.out / f"{image.stem}.npz"
     with atomic_path(npz_path) as temporary, open(temporary, "wb") as handle:
         np.savez(handle, **arrays)
     outputs = [npz_path]
-    if job.overlays:
+    if job.overlays and job.save == "all":
         method = job.options.method
         figure = explanation_figure(image.pixels, image.attributions, image.var, image.names,
                                     arrays["probabilities"], method=method, title=f"{image.source.name}: {method}")
@@ -242,10 +294,13 @@ def _summary(image: _Explained, outputs: list[Path]) -> dict[str, Any]:
 
 def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: str, stdout: Any) -> None:
     for summary in summaries:
-        outputs = ", ".join(p.name for p in summary["outputs"])
+        outputs = ", ".join(p.name for p in summary["outputs"]) or RESULTS_NAME
         print(f"{Path(summary['image']).name}: {short_label(summary['top_name'])} "
               f"(p={summary['top_probability']:.2f}) -> {outputs}", file=stdout)
-    kinds = "explanations (.npz) and overlays (.png)" if job.overlays else "explanations (.npz)"
+    kinds = {"all": "explanations (.npz) and overlays (.png)" if job.overlays else "explanations (.npz)",
+             "var": "VAR maps (.npz)", "summary": f"rows of {RESULTS_NAME}"}[job.save]
+    if job.save != "summary":
+        kinds += f" and {RESULTS_NAME}"
     print(f"varrt: {len(summaries)} {kinds} from {job.options.method}{' + VAR' if job.options.var else ''} "
           f"on {backend} in {job.out.resolve()}", file=stdout)
 
@@ -281,6 +336,7 @@ def _run_explain(args: argparse.Namespace) -> int:
         labels=args.labels,
         overlays=not args.no_overlays,
         quiet=args.quiet,
+        save=args.save,
     )
     run_explain(job)
     return 0
@@ -398,13 +454,14 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
     parser = subparsers.add_parser(
         "explain",
         parents=[parent],
-        help="explain an ONNX classifier's predictions on images (npz + PNG overlays)",
+        help="explain an ONNX classifier's predictions on images (results.parquet, npz, PNG overlays)",
         description=(
             "Explain an ONNX image classifier on images: for each image, attributions for K classes "
             "and their VAR maps go to OUT/<name>.npz (class_ids, class_names, probabilities, logits, "
             "attributions, var) and OUT/<name>.png (the photo, then per class the base map and the "
-            "VAR map side by side). Input-space maps are shown as the sum of absolute values over "
-            "channels, scaled by their 99th percentile."
+            "VAR map side by side), and OUT/results.parquet one row per image (classes, probabilities, "
+            "logits, audit figures of the VAR maps; schema in README). Input-space maps are shown as the sum "
+            "of absolute values over channels, scaled by their 99th percentile."
         ),
     )
     parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier (input [N, C, H, W])")
@@ -446,6 +503,14 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
     var.add_argument("--no-var", action="store_true", help="skip VAR: base attributions only")
     _add_var_options(var)
     parser.add_argument("--no-overlays", action="store_true", help="write only the .npz files, no PNGs")
+    parser.add_argument(
+        "--save",
+        choices=SAVE_CHOICES,
+        default="all",
+        help="what to write besides OUT/results.parquet (one row per image, always written): all = per image "
+        ".npz and .png (default); var = per image .npz with the VAR maps summed over channels, [K, H, W] "
+        "float16, no attributions or PNG; summary = nothing else",
+    )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
     _add_method_options(parser)
     parser.set_defaults(run=_run_explain)
@@ -460,7 +525,7 @@ def add_demo_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         description=(
             "Run varrt end to end on what ships with it: the EfficientNet-Lite0 ImageNet model and "
             "four photos (a cat, a coffee cup, a rocket, an astronaut), guided backprop + VAR for the 4 most "
-            "likely classes and the least likely one. Writes <photo>.npz and <photo>.png to --out "
+            "likely classes and the least likely one. Writes <photo>.npz, <photo>.png and results.parquet to --out "
             "and prints each photo's top class and where the files are."
         ),
     )

@@ -1,6 +1,8 @@
 """`varrt bench ...` end to end on tiny settings: table on stdout, JSON and PNGs in --out."""
 
+import io
 import json
+import sys
 
 import pytest
 from bench_models import CellOracleExplainer, WeightHashExplainer
@@ -128,3 +130,29 @@ def test_help_of_every_subcommand(capsys):
         with pytest.raises(SystemExit):
             cli.main(["bench", command, "--help"])
         assert "--out" in capsys.readouterr().out
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("stream", "enabled", "drawn"), [(_Terminal, None, True), (io.StringIO, None, False),
+                                                          (_Terminal, False, False)])
+def test_progress_bars_follow_the_benchmark_phases(monkeypatch, stream, enabled, drawn):
+    """The benchmarks report (done, total, note); a new total starts a new tqdm bar, drawn on
+    terminals only (and never with --quiet, enabled=False)."""
+    err = stream()
+    monkeypatch.setattr(sys, "stderr", err)
+    progress = cli._ProgressAdapter("sanity", enabled=enabled)
+    for done in (1, 2, 3):
+        progress(done, 3, f"gradient, {done} layers randomized")
+    progress(1, 2, "guided_backprop")
+    progress(2, 2, "guided_backprop")
+    progress.close()
+    text = err.getvalue()
+    if drawn:
+        assert "sanity: 100%" in text and "3/3" in text and "2/2" in text and "3 layers randomized" in text
+        assert text.count("\n") == 2  # one line per phase
+    else:
+        assert text == ""

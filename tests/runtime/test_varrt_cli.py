@@ -9,6 +9,7 @@ bundled model and photos.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pyarrow.parquet as pq
 import pytest
 import testbed
 from PIL import Image
@@ -165,7 +167,8 @@ def test_explain_cam_maps_and_directory_input_and_duplicate_names(tmp_path):
     out = tmp_path / "out"
     argv = ["explain", str(model), str(tmp_path / "a"), str(tmp_path / "b" / "same.png")]
     assert cli.main([*argv, "-o", str(out), "-m", "gradcam", "--classes", "top2", "-q"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["same.npz", "same.png", "same_2.npz", "same_2.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "results.parquet", "same.npz", "same.png", "same_2.npz", "same_2.png"]
     features = np.maximum(preprocessed(tmp_path / "a" / "same.png", model), 0)
     logits = testbed.COLOUR_FC @ features.mean(axis=(1, 2)) + testbed.COLOUR_BIAS
     ids = np.argsort(-logits)[:2]
@@ -357,26 +360,36 @@ def test_demo(tmp_path):
         with Image.open(out / f"{photo.stem}.png") as png:
             png.load()
             assert png.format == "PNG"
+    table = pq.read_table(out / "results.parquet")
+    assert table.column("path").to_pylist() == [str(p) for p in data.demo_images()]
+    predicted = dict(zip(table.column("stem").to_pylist(), table.column("predicted_name").to_pylist()))
+    assert predicted["coffee"] == "espresso"
     lines = result.stdout
     assert "coffee.jpg: espresso" in lines and "chelsea.jpg:" in lines and "cat" in lines
     assert str(out.resolve()) in lines
 
 
-def test_progress_bar_draws_only_on_terminals():
-    import io
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so tqdm draws on it."""
 
-    from varrt.progress import Progress
+    def isatty(self) -> bool:
+        return True
 
-    quiet = io.StringIO()
-    with Progress(2, "x", stream=quiet) as bar:  # StringIO is not a terminal
-        bar.update(2)
-    assert quiet.getvalue() == ""
-    drawn = io.StringIO()
-    with Progress(2, "explain", stream=drawn, enabled=True) as bar:
-        bar.update(1, note="a.jpg")
-        bar.update(1, note="b.jpg")
-    text = drawn.getvalue()
-    assert text.startswith("\rexplain [") and "2/2" in text and "b.jpg" in text and text.endswith("\n")
+
+@pytest.mark.parametrize(("stream", "quiet", "drawn"), [("terminal", False, True), ("terminal", True, False),
+                                                        ("pipe", False, False)])
+def test_progress_bar_on_terminals_only_and_not_with_quiet(linear_setup, tmp_path, monkeypatch, stream, quiet, drawn):
+    model, labels, photos = linear_setup
+    err = _Terminal() if stream == "terminal" else io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    argv = ["explain", str(model), *map(str, photos), "-o", str(tmp_path / "out"), "-m", "gradient", "--save",
+            "summary", *(["-q"] if quiet else [])]
+    assert cli.main(argv) == 0
+    text = err.getvalue()
+    if drawn:  # tqdm's bar: the method, images done of the total, the unit
+        assert "gradient:" in text and "2/2" in text and "image" in text, text
+    else:
+        assert text == ""
 
 
 def test_explain_fixed_class_ids_labels_and_preset_on_a_small_model(tmp_path):
