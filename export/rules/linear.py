@@ -32,6 +32,25 @@ def conv(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [ctx.from_rows(transposed_to_input(ctx, rows, weight, w, group), g, x)] + rest
 
 
+def conv_transpose(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # The adjoint of a transposed convolution is the convolution with the same weights, strides,
+    # dilations, groups and pads; output_padding only adds outputs past the last window, which the
+    # convolution's floor drops again.
+    x, weight = ctx.arg(node, 0), ctx.arg(node, 1)
+    auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID") or node.attributes.get("output_shape") is not None:
+        raise ctx.fail(node, f"ConvTranspose with auto_pad={auto_pad} or output_shape (its pads are "
+                             "split differently by the spec and runtimes; export explicit pads)")
+    kernel = ctx.static_dims(node, weight, range(2, ctx.rank(weight)))
+    n = len(kernel)
+    pads = [0] * (2 * n) if auto_pad == "VALID" else list(node.attributes.get_ints("pads", [0] * (2 * n)))
+    rows = ctx.em.Conv(ctx.to_rows(g, node.outputs[0]), weight, pads=pads, kernel_shape=kernel,
+                       strides=list(node.attributes.get_ints("strides", [1] * n)),
+                       dilations=list(node.attributes.get_ints("dilations", [1] * n)),
+                       group=node.attributes.get_int("group", 1))
+    return [ctx.from_rows(rows, g, x)] + [None] * (len(node.inputs) - 1)
+
+
 def flipped_transposed(weight: np.ndarray, group: int) -> np.ndarray:
     """[C_out, C_in/g, *k] -> [C_in, C_out/g, *k], each kernel rotated by 180 degrees."""
     c_out, c_in_group, *kernel = weight.shape
@@ -70,7 +89,7 @@ def matmul(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     a, b = ctx.arg(node, 0), ctx.arg(node, 1)
     a_dims, b_dims = ctx.dims(a), ctx.dims(b)
     if len(a_dims) < 2 or len(b_dims) < 2:
-        raise ctx.fail(node, "1-D MatMul operands are not supported")
+        return _matmul_vector(ctx, node, g)
     out_dims = ctx.dims(node.outputs[0])
     batch = out_dims[:-2]
     ga = em.MatMul(g, em.transpose_last2(b, len(b_dims)))  # [K, *batch, n, k]
@@ -79,3 +98,27 @@ def matmul(ctx: Context, node: ir.Node, g: ir.Value) -> list:
         ctx.sum_to(ga, a, batch + a_dims[-2:]),
         ctx.sum_to(gb, b, batch + b_dims[-2:]),
     ]
+
+
+def _matmul_vector(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    """MatMul with a 1-D operand, as NumPy: a vector a is a row [1, k], a vector b a column [k, 1],
+    and the inserted axis is dropped from the output; the cotangent gets it back, and a vector's
+    cotangent sums over the batch axes and that axis."""
+    em = ctx.em
+    a, b = ctx.arg(node, 0), ctx.arg(node, 1)
+    a_vec, b_vec = ctx.rank(a) == 1, ctx.rank(b) == 1
+    a_dims, b_dims = ctx.dims(a), ctx.dims(b)
+    batch = [] if a_vec and b_vec else b_dims[:-2] if a_vec else a_dims[:-2]
+    nb = len(batch)
+    inserted = ([1 + nb] if a_vec else []) + ([2 + nb] if b_vec else [])
+    g = em.unsqueeze(g, inserted)  # [K, *batch, n, m]
+    b_t = em.unsqueeze(b, [0]) if b_vec else em.transpose_last2(b, len(b_dims))  # [.., m, k]
+    a_t = em.unsqueeze(a, [1]) if a_vec else em.transpose_last2(a, len(a_dims))  # [.., k, n]
+    ga = em.MatMul(g, b_t)  # [K, *batch, n, k]
+    gb = em.MatMul(a_t, g)  # [K, *batch, k, m]
+    batch_axes = list(range(1, 1 + nb))
+    ga = (em.reduce_sum(ga, batch_axes + [1 + nb], keepdims=False) if a_vec
+          else ctx.sum_to(ga, a, batch + a_dims[-2:]))
+    gb = (em.reduce_sum(gb, batch_axes + [2 + nb], keepdims=False) if b_vec
+          else ctx.sum_to(gb, b, batch + b_dims[-2:]))
+    return [ga, gb]

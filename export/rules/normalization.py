@@ -1,5 +1,5 @@
 """Normalisations in inference form: BatchNormalization, InstanceNormalization,
-LayerNormalization, LRN."""
+LayerNormalization, GroupNormalization, LRN."""
 
 from __future__ import annotations
 
@@ -21,13 +21,16 @@ def batch_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [em.Mul(g, per_channel)] + [None] * (len(node.inputs) - 1)
 
 
-def _normalized_vjp(ctx: Context, x: ir.Value, g_hat: ir.Value, axes: list[int], eps: float) -> ir.Value:
+def _normalized_vjp(ctx: Context, x: ir.Value, g_hat: ir.Value, axes: list[int], eps: float,
+                    dtype_of: ir.Value | None = None) -> ir.Value:
     """d/dx of x_hat = (x - mean) / sqrt(var + eps) over ``axes`` (forward axes), given dL/dx_hat:
-    rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat))."""
+    rstd * (g_hat - mean(g_hat) - x_hat * mean(g_hat * x_hat)). ``dtype_of``: a forward value of
+    x's dtype, where x is an emitted value whose dtype is not recorded."""
     em = ctx.em
     mean = em.reduce_mean(x, axes)
     centred = em.Sub(x, mean)
-    rstd = em.Reciprocal(em.Sqrt(em.Add(em.reduce_mean(em.Mul(centred, centred), axes), em.scalar(eps, like=x))))
+    variance = em.reduce_mean(em.Mul(centred, centred), axes)
+    rstd = em.Reciprocal(em.Sqrt(em.Add(variance, em.scalar(eps, like=dtype_of or x))))
     x_hat = em.Mul(centred, rstd)
     cot_axes = [a + 1 for a in axes]
     term = em.Add(em.reduce_mean(g_hat, cot_axes), em.Mul(x_hat, em.reduce_mean(em.Mul(g_hat, x_hat), cot_axes)))
@@ -49,6 +52,34 @@ def layer_norm(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     eps = node.attributes.get_float("epsilon", 1e-5)
     gx = _normalized_vjp(ctx, x, em.Mul(g, scale), list(range(axis, rank)), eps)
     return [gx] + [None] * (len(node.inputs) - 1)
+
+
+def _group_norm(per_group_scale: bool):
+    """GroupNormalization: statistics over each group of C/G channels and all spatial positions,
+    then a scale per channel; opset 18 gave the scale per group (one value for a group's
+    channels), opset 21 per channel."""
+
+    def vjp(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+        em, x, scale = ctx.em, ctx.arg(node, 0), ctx.arg(node, 1)
+        rank = ctx.rank(x)
+        groups = node.attributes.get_int("num_groups")
+        channels = ctx.static_dims(node, x, [1])[0]
+        if groups is None or groups < 1 or channels % groups:
+            raise ctx.fail(node, f"num_groups={groups} does not divide {channels} channels")
+        if per_group_scale:
+            scale = em.Reshape(em.Expand(em.Reshape(scale, em.ints([groups, 1])),
+                                         em.ints([groups, channels // groups])), em.ints([channels]))
+        gamma = em.unsqueeze(scale, list(range(1, rank - 1))) if rank > 2 else scale
+        grouped = em.Reshape(x, em.ints([0, groups, -1]))  # [N, G, C/G * spatial]
+        g_hat = em.Reshape(em.Mul(g, gamma), em.ints([0, 0, groups, -1]))
+        eps = node.attributes.get_float("epsilon", 1e-5)
+        gx = _normalized_vjp(ctx, grouped, g_hat, [2], eps, dtype_of=x)
+        return [ctx.like_forward(gx, x)] + [None] * (len(node.inputs) - 1)
+
+    return vjp
+
+
+group_norm_18, group_norm = _group_norm(True), _group_norm(False)
 
 
 def lrn(ctx: Context, node: ir.Node, g: ir.Value) -> list:

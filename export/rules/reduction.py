@@ -42,6 +42,19 @@ def reduce_sum_mean(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     return [ctx.em.Expand(g, ctx.with_classes(x, g))] + [None] * (len(node.inputs) - 1)
 
 
+def cumsum(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # Each output sums a run of inputs; each input's cotangent sums the outputs whose runs hold
+    # it, a run in the other direction: the same CumSum with ``reverse`` flipped.
+    axis = ctx.const(node, 1)
+    if axis is None:
+        raise ctx.fail(node, "has no axis")
+    shifted = int(axis.reshape(-1)[0]) % ctx.rank(ctx.arg(node, 0)) + 1  # past the class axis
+    gx = ctx.em.CumSum(g, ctx.em.const(np.array(shifted, dtype=np.int64)),
+                       exclusive=node.attributes.get_int("exclusive", 0),
+                       reverse=1 - node.attributes.get_int("reverse", 0))
+    return [gx, None]
+
+
 def _output_kept(ctx: Context, node: ir.Node, axes: list[int]) -> ir.Value:
     """The forward output with the reduced axes back as size-1 axes."""
     y = node.outputs[0]

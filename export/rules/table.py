@@ -79,6 +79,8 @@ RULES: tuple[Row, ...] = (
     Row("Clip", act.clip, RECTIFIER),
     Row("Concat", lay.concat, SHAPE),
     Row("Conv", lin.conv, AFFINE),
+    Row("ConvTranspose", lin.conv_transpose, AFFINE),
+    Row("CumSum", red.cumsum, LINEAR, (11, None)),
     Row("DepthToSpace", lay.depth_to_space, SHAPE),
     Row("Div", ar.div, ELEMENTWISE),
     Row("Dropout", ar.dropout, SHAPE),
@@ -95,6 +97,8 @@ RULES: tuple[Row, ...] = (
     Row("Gemm", lin.gemm, AFFINE),
     Row("GlobalAveragePool", pool.global_average_pool, LINEAR),
     Row("GlobalMaxPool", pool.global_max_pool, SELECTION),
+    Row("GroupNormalization", norm.group_norm_18, NORMALIZATION, (18, 20)),  # scale per group
+    Row("GroupNormalization", norm.group_norm, NORMALIZATION, (21, None)),  # scale per channel
     Row("HardSigmoid", act.hard_sigmoid, ELEMENTWISE),
     Row("HardSwish", act.hard_swish, ELEMENTWISE, (14, None)),
     Row("Identity", ar.identity, SHAPE),

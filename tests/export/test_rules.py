@@ -88,6 +88,9 @@ class Case:
     attrs: dict = field(default_factory=dict)
     outputs: int = 1
     tol: float = 2e-3
+    # onnx's checker rejects an op at an opset where a later one deprecated it (GroupNormalization
+    # 18, replaced in 21), though exporters wrote such files and ONNX Runtime runs them.
+    deprecated: bool = False
 
     @property
     def id(self) -> str:
@@ -114,6 +117,14 @@ CASES = [
     Case("Gemm", [X(5, 3), X(5, 4), X(3, 1)], opset=9, attrs=dict(transA=1)),
     Case("MatMul", [X(2, 3, 4), W(4, 5)]),
     Case("MatMul", [X(2, 1, 3, 4), X(5, 4, 2)]),
+    Case("MatMul", [X(4), X(2, 4, 3)]),
+    Case("MatMul", [X(2, 3, 4), X(4)]),
+    Case("MatMul", [X(4), W(4)]),
+    Case("ConvTranspose", [X(2, 4, 5, 5), W(4, 3, 3, 3)], attrs=dict(strides=[2, 2], pads=[1, 0, 1, 1])),
+    Case("ConvTranspose", [X(2, 4, 4, 5), W(4, 2, 3, 2), W(4)],
+         attrs=dict(group=2, strides=[2, 3], output_padding=[1, 2], dilations=[1, 2])),
+    Case("ConvTranspose", [X(2, 3, 6), W(3, 2, 4)], opset=9, attrs=dict(strides=[3], pads=[1, 2], auto_pad="NOTSET")),
+    Case("ConvTranspose", [X(1, 2, 3, 3), W(2, 2, 2, 2)], attrs=dict(auto_pad="VALID")),
     # arithmetic
     Case("Add", [X(2, 3, 4), X(3, 1)]),
     Case("Sub", [X(3, 1), X(2, 3, 4)]),
@@ -170,6 +181,11 @@ CASES = [
     Case("InstanceNormalization", [X(2, 3, 4, 5), W(3), W(3)]),
     Case("LayerNormalization", [X(2, 3, 6), W(6), W(6)], opset=17),
     Case("LayerNormalization", [X(2, 3, 4, 2), W(4, 2)], opset=17, attrs=dict(axis=2, epsilon=1e-3)),
+    Case("GroupNormalization", [X(2, 6, 3, 4), W(3), W(3)], opset=18, attrs=dict(num_groups=3), deprecated=True),
+    # stash_type double: the float64 forward of the finite differences must compute its statistics
+    # in float64 too (the default, float32, leaves 1e-7 errors that a 1e-6 step magnifies)
+    Case("GroupNormalization", [X(2, 4, 5), W(4), W(4)], opset=21,
+         attrs=dict(num_groups=2, epsilon=1e-3, stash_type=onnx.TensorProto.DOUBLE)),
     Case("LRN", [X(2, 5, 3, 3)], attrs=dict(size=3, alpha=0.5, beta=0.75, bias=2.0)),
     Case("LRN", [X(2, 6, 3, 3)], opset=9, attrs=dict(size=5, alpha=0.3, beta=0.6)),
     # pooling
@@ -209,6 +225,10 @@ CASES = [
     Case("ReduceLogSumExp", [X(2, 3, 4), C([2])], opset=18, attrs=dict(keepdims=0)),
     Case("ReduceProd", [X(2, 3, 4)], opset=13, attrs=dict(axes=[1, 2], keepdims=0)),
     Case("ReduceProd", [WITH_ZEROS, C([2])], opset=18),  # one zero in a row, two zeros, none
+    Case("CumSum", [X(2, 5, 3), C(1)], opset=11),
+    Case("CumSum", [X(2, 5, 3), C([-1])], opset=14, attrs=dict(exclusive=1)),
+    Case("CumSum", [X(2, 5, 3), C(1)], opset=14, attrs=dict(reverse=1)),
+    Case("CumSum", [X(4, 3), C(0)], opset=14, attrs=dict(exclusive=1, reverse=1)),
     Case("Softmax", [X(2, 3, 4)], opset=11, attrs=dict(axis=1)),
     Case("Softmax", [X(2, 3, 4)], opset=13),
     Case("LogSoftmax", [X(2, 5)], opset=13, attrs=dict(axis=1)),
@@ -291,7 +311,14 @@ def _model(case: Case, rng: np.random.Generator, dtype) -> tuple[onnx.ModelProto
     opsets = [oh.make_opsetid("", case.opset)]
     model = oh.make_model(graph, opset_imports=opsets, ir_version=max(7, oh.find_min_ir_version_for(opsets)))
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    if case.op in SHAPE_OF_INPUT:
+        model.graph.output[0].type.CopyFrom(model.graph.input[0].type)
     return model, feeds
+
+
+# Function ops onnx infers no shapes for (its inference does not expand functions); their output
+# has the shape and type of their first input.
+SHAPE_OF_INPUT = {"GroupNormalization"}
 
 
 def _forward(model64: onnx.ModelProto, model32: onnx.ModelProto):
@@ -335,7 +362,8 @@ def test_rule_against_finite_differences(case: Case, target: str):
     model32, feeds32 = _model(case, rng, np.float32)
 
     grad_model = vjp_model(model32, target=target)
-    onnx.checker.check_model(grad_model, full_check=True)
+    if not case.deprecated:
+        onnx.checker.check_model(grad_model, full_check=True)
     session = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
     forward, eps = _forward(model64, model32)
     feeds = feeds64
