@@ -1,6 +1,8 @@
-"""Conv, Gemm and MatMul: linear in the image, so their VJPs reuse the forward weights."""
+"""Conv, ConvTranspose, Gemm, MatMul and Einsum: linear in the image, so their VJPs reuse the forward weights."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -39,7 +41,7 @@ def conv_transpose(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     x, weight = ctx.arg(node, 0), ctx.arg(node, 1)
     auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
     if auto_pad not in ("NOTSET", "VALID") or node.attributes.get("output_shape") is not None:
-        raise ctx.fail(node, f"ConvTranspose with auto_pad={auto_pad} or output_shape (its pads are "
+        raise ctx.fail(node, f"auto_pad={auto_pad} or output_shape (its pads are "
                              "split differently by the spec and runtimes; export explicit pads)")
     kernel = ctx.static_dims(node, weight, range(2, ctx.rank(weight)))
     n = len(kernel)
@@ -122,3 +124,62 @@ def _matmul_vector(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     gb = (em.reduce_sum(gb, batch_axes + [2 + nb], keepdims=False) if b_vec
           else ctx.sum_to(gb, b, batch + b_dims[-2:]))
     return [ga, gb]
+
+
+def einsum(ctx: Context, node: ir.Node, g: ir.Value) -> list:
+    # Multilinear: each operand's cotangent is the Einsum of the output cotangent (a class label
+    # in front) with the other operands, written to the operand's labels. Labels of an operand
+    # summed inside it alone come back by broadcasting; the emitted equations carry no ellipsis
+    # and use lowercase labels only.
+    operands = [ctx.arg(node, j) for j in range(len(node.inputs))]
+    terms, out = _einsum_labels(ctx, node, operands)
+    names = dict(zip(sorted({label for term in terms for label in term} | set(out)), "abcdefghijlmnopqrstuvwxyz"))
+    if len(names) > 25:
+        raise ctx.fail(node, f"{len(names)} indices (at most 25 besides the class index)")
+
+    def spell(labels: Sequence[str]) -> str:
+        return "".join(names[label] for label in labels)
+
+    cotangents: list = []
+    for i, (term, x) in enumerate(zip(terms, operands)):
+        if len(set(term)) < len(term):
+            raise ctx.fail(node, f"operand {i} repeats an index ('{spell(term)}', a diagonal)")
+        others = [t for j, t in enumerate(terms) if j != i]
+        seen = set(out).union(*others)
+        kept = [label for label in term if label in seen]
+        equation = ",".join(["k" + spell(out), *map(spell, others)]) + "->k" + spell(kept)
+        gx = ctx.em.Einsum(g, *[v for j, v in enumerate(operands) if j != i], equation=equation)
+        if len(kept) < len(term):  # summed in this operand only: every element got the same share
+            gx = ctx.em.unsqueeze(gx, [1 + j for j, label in enumerate(term) if label not in seen])
+            gx = ctx.em.Expand(gx, ctx.with_classes(x, g))
+        cotangents.append(gx)
+    return cotangents
+
+
+def _einsum_labels(ctx: Context, node: ir.Node, operands: list[ir.Value]) -> tuple[list[list[str]], list[str]]:
+    """The equation's operand and output labels, each ellipsis spelled out as labels of its own
+    (right-aligned across operands, numbered '0', '1', ...); refuses an ellipsis that broadcasts."""
+    equation = node.attributes.get_string("equation", "").replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    raw = lhs.split(",")
+    if len(raw) != len(operands):
+        raise ctx.fail(node, f"equation '{equation}' has {len(raw)} operands for {len(operands)} inputs")
+    spans = [ctx.rank(x) - (len(t) - 3) if "..." in t else 0 for t, x in zip(raw, operands)]
+    width = max(spans, default=0)
+    ellipsis = [str(d) for d in range(width)]
+
+    def expand(term: str, span: int) -> list[str]:
+        head, dots, tail = term.partition("...")
+        return list(head) + (ellipsis[width - span:] if dots else []) + list(tail)
+
+    terms = [expand(t, s) for t, s in zip(raw, spans)]
+    for label in ellipsis:  # one size per ellipsis axis: no broadcasting of 1s
+        sizes = {ctx.dims(x)[t.index(label)] for t, x in zip(terms, operands) if label in t}
+        if len(sizes) > 1 and 1 in sizes:
+            raise ctx.fail(node, f"'{equation}' broadcasts an ellipsis axis of size 1 against {sizes - {1}}")
+    if arrow:
+        out = expand(rhs, width)
+    else:  # implicit output: the ellipsis, then the indices used once, alphabetically
+        counts = [label for t in terms for label in t if label not in ellipsis]
+        out = ellipsis + sorted(label for label in set(counts) if counts.count(label) == 1)
+    return terms, out

@@ -87,6 +87,7 @@ RULES: tuple[Row, ...] = (
     # Elu and its kin (Selu, Celu) are ReLUs with a smooth negative part, in the family as
     # LeakyRelu is: guided backprop passes only positive cotangents through every ReLU-like gate.
     Row("Elu", act.leaky_relu, RECTIFIER),
+    Row("Einsum", lin.einsum, AFFINE, (12, None)),
     Row("Erf", act.erf, ELEMENTWISE),
     Row("Exp", act.exp, ELEMENTWISE),
     Row("Expand", ar.expand, SHAPE),

@@ -21,6 +21,7 @@ import onnx
 import onnx.helper as oh
 import onnxruntime as ort
 import pytest
+from varrt.core.errors import ModelError
 from varrt.export.passes import TARGETS
 from varrt.export.rules import RULES
 from varrt.export.vjp import vjp_model
@@ -120,6 +121,14 @@ CASES = [
     Case("MatMul", [X(4), X(2, 4, 3)]),
     Case("MatMul", [X(2, 3, 4), X(4)]),
     Case("MatMul", [X(4), W(4)]),
+    Case("Einsum", [X(2, 3, 4), X(2, 4, 5)], opset=12, attrs=dict(equation="bij,bjk->bik")),
+    Case("Einsum", [X(2, 3, 4, 2), W(5, 3)], attrs=dict(equation="nchw,oc->nohw")),
+    Case("Einsum", [X(2, 2, 3, 4), X(2, 2, 5, 4)], attrs=dict(equation="bhid, bhjd -> bhij")),
+    Case("Einsum", [X(2, 3, 4, 5), X(2, 3, 5, 2)], attrs=dict(equation="...ij,...jk->...ik")),
+    Case("Einsum", [X(2, 3, 4), X(4, 5)], attrs=dict(equation="...ij,jk")),  # implicit output
+    Case("Einsum", [X(2, 3, 4), X(2, 5)], attrs=dict(equation="bij,bk->bk")),  # i, j summed in one operand
+    Case("Einsum", [X(2, 3), X(3, 4), X(4, 2)], attrs=dict(equation="bi,ij,jk->bk")),
+    Case("Einsum", [X(3, 4)], attrs=dict(equation="ij->ji")),
     Case("ConvTranspose", [X(2, 4, 5, 5), W(4, 3, 3, 3)], attrs=dict(strides=[2, 2], pads=[1, 0, 1, 1])),
     Case("ConvTranspose", [X(2, 4, 4, 5), W(4, 2, 3, 2), W(4)],
          attrs=dict(group=2, strides=[2, 3], output_padding=[1, 2], dilations=[1, 2])),
@@ -387,6 +396,22 @@ def test_rule_against_finite_differences(case: Case, target: str):
             + 1e-6
         )
         assert abs(lhs - rhs) <= case.tol * scale, f"{case.id}: <c, J t> = {lhs}, <J^T c, t> = {rhs}"
+
+
+REFUSED = [
+    (Case("Einsum", [X(2, 3, 3)], attrs=dict(equation="bii->bi")), "repeats an index"),
+    (Case("Einsum", [X(2, 3, 4), X(1, 4, 5)], attrs=dict(equation="...ij,...jk->...ik")), "broadcasts an ellipsis"),
+    (Case("ConvTranspose", [X(1, 2, 4, 4), W(2, 2, 3, 3)], attrs=dict(strides=[2, 2], auto_pad="SAME_UPPER")),
+     "auto_pad=SAME_UPPER"),
+    (Case("Pad", [X(2, 3, 4), C([0, -1, 1, 0, 1, 1])], opset=13, attrs=dict(mode="reflect")), "negative pads"),
+]
+
+
+@pytest.mark.parametrize("case,why", REFUSED, ids=[f"{c.id}-{why}" for c, why in REFUSED])
+def test_rules_refuse_what_they_cannot_do_exactly(case: Case, why: str):
+    model, _ = _model(case, np.random.default_rng(0), np.float32)
+    with pytest.raises(ModelError, match=why):
+        vjp_model(model)
 
 
 def _rectifies(case: Case) -> bool:
