@@ -37,6 +37,7 @@ from varrt.export.passes import TARGETS
 from varrt.files import atomic_path
 from varrt.images import Preprocessing, check_readable, iter_batches, preprocessing_for
 from varrt.overlay import explanation_figure, short_label
+from varrt.report import REPORT_NAME, write_report
 from varrt.results import RESULTS_NAME, ResultsWriter
 
 _BACKENDS = ("auto", "onnxruntime", "onnxruntime-cpu", "cuda", "onnxruntime-cuda", "tensorrt")
@@ -179,6 +180,7 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
             results.add(_result_row(job, image))
             summaries.append(_summary(image, outputs))
             bar.update(1)
+    write_report(job.out)
     if not job.quiet:
         _print_summaries(job, summaries, explainer.backend_name, stdout if stdout is not None else sys.stdout)
     return summaries
@@ -300,7 +302,8 @@ def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: 
     kinds = {"all": "explanations (.npz) and overlays (.png)" if job.overlays else "explanations (.npz)",
              "var": "VAR maps (.npz)", "summary": f"rows of {RESULTS_NAME}"}[job.save]
     if job.save != "summary":
-        kinds += f" and {RESULTS_NAME}"
+        kinds += f", {RESULTS_NAME}"
+    kinds += f" and {REPORT_NAME}"
     print(f"varrt: {len(summaries)} {kinds} from {job.options.method}{' + VAR' if job.options.var else ''} "
           f"on {backend} in {job.out.resolve()}", file=stdout)
 
@@ -356,6 +359,31 @@ def _run_demo(args: argparse.Namespace) -> int:
                      quiet=args.quiet)
     run_explain(job)
     return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    check_writable_dir(out)
+    path = write_report(out)
+    print(f"varrt: wrote {path}")
+    return 0
+
+
+def add_report_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    """``varrt report OUT``."""
+    parser = subparsers.add_parser(
+        "report",
+        parents=[parent],
+        help="rebuild OUT/index.html from OUT/results.parquet",
+        description=(
+            "Rebuild the static HTML report of a `varrt explain` run (OUT/index.html, thumbnails in "
+            "OUT/thumbs/) from its OUT/results.parquet: the run's summary, then per image the overlay (or "
+            "the photo), the predicted class, the explained classes with their probabilities and audit "
+            "figures; sortable by column, filterable by class name."
+        ),
+    )
+    parser.add_argument("out", metavar="OUT", help="the output directory of a `varrt explain` run")
+    parser.set_defaults(run=_run_report)
 
 
 # --- export ---------------------------------------------------------------------------------------
@@ -576,6 +604,7 @@ SUBCOMMANDS: tuple[Callable[[Any, argparse.ArgumentParser], object], ...] = (
     add_demo_parser,
     add_explain_parser,
     add_export_parser,
+    add_report_parser,
     bench_cli.add_parser,  # `varrt bench`: the one way the runtime reaches the benchmarks
 )
 

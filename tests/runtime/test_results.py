@@ -81,7 +81,7 @@ def test_save_var_keeps_channel_summed_float16_maps_and_summary_only_the_table(s
     model, _, photos = setup
     assert explain(setup, tmp_path / "var", "--save", "var") == 0
     assert sorted(p.name for p in (tmp_path / "var").iterdir()) == sorted(
-        ["results.parquet", *(f"{p.stem}.npz" for p in photos)])
+        ["index.html", "results.parquet", "thumbs", *(f"{p.stem}.npz" for p in photos)])
     for photo in photos:
         ids, probabilities, logits, _, var, _ = expected_row(photo, model)
         with np.load(tmp_path / "var" / f"{photo.stem}.npz") as saved:
@@ -90,7 +90,7 @@ def test_save_var_keeps_channel_summed_float16_maps_and_summary_only_the_table(s
             np.testing.assert_allclose(saved["var"], var.sum(axis=1), rtol=2e-3, atol=1e-3)
             np.testing.assert_array_equal(saved["class_ids"], ids)
     assert explain(setup, tmp_path / "summary", "--save", "summary") == 0
-    assert [p.name for p in (tmp_path / "summary").iterdir()] == ["results.parquet"]
+    assert sorted(p.name for p in (tmp_path / "summary").iterdir()) == ["index.html", "results.parquet", "thumbs"]
     # The table does not depend on what else is saved.
     tables = [pq.read_table(tmp_path / name / "results.parquet").replace_schema_metadata(None)
               for name in ("var", "summary")]
@@ -113,7 +113,7 @@ def test_no_var_leaves_the_var_figures_empty(setup, tmp_path):
 def test_a_failed_run_leaves_the_old_table_and_no_temporary(setup, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     assert explain(setup, out, "--save", "summary") == 0
-    before = (out / "results.parquet").read_bytes()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     calls = []
 
     def disk_full(job, image):
@@ -125,5 +125,5 @@ def test_a_failed_run_leaves_the_old_table_and_no_temporary(setup, tmp_path, mon
     monkeypatch.setattr(cli, "_write_outputs", disk_full)
     assert explain(setup, out, "--save", "summary") == 1
     assert "No space left on device" in capsys.readouterr().err
-    assert [p.name for p in out.iterdir()] == ["results.parquet"]  # no temporary left behind
-    assert (out / "results.parquet").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.parquet", "thumbs"]  # no temporary
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -168,7 +168,7 @@ def test_explain_cam_maps_and_directory_input_and_duplicate_names(tmp_path):
     argv = ["explain", str(model), str(tmp_path / "a"), str(tmp_path / "b" / "same.png")]
     assert cli.main([*argv, "-o", str(out), "-m", "gradcam", "--classes", "top2", "-q"]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "results.parquet", "same.npz", "same.png", "same_2.npz", "same_2.png"]
+        "index.html", "results.parquet", "same.npz", "same.png", "same_2.npz", "same_2.png", "thumbs"]
     features = np.maximum(preprocessed(tmp_path / "a" / "same.png", model), 0)
     logits = testbed.COLOUR_FC @ features.mean(axis=(1, 2)) + testbed.COLOUR_BIAS
     ids = np.argsort(-logits)[:2]
