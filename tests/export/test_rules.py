@@ -289,6 +289,23 @@ CASES = [
     Case("Upsample", [X(1, 2, 3, 4), C([1, 1, 2, 2], np.float32)], opset=9, attrs=dict(mode="linear")),
 ]
 
+# The newest opsets ONNX Runtime runs, for the rows added with issue 12 (their semantics did not
+# change after the opsets above; 22-25 added types).
+CASES += [
+    Case("ReduceL2", [X(2, 3, 4), C([1])], opset=25),
+    Case("ReduceProd", [WITH_ZEROS, C([1, 2])], opset=25),
+    Case("Mish", [X(3, 4)], opset=25),
+    Case("Selu", [X(3, 4)], opset=22),
+    Case("ThresholdedRelu", [OFF_THRESHOLD], opset=25),
+    Case("Pad", [X(2, 3, 5, 4), C([0, 0, 2, 3, 0, 0, 1, 3])], opset=25, attrs=dict(mode="reflect")),
+    Case("DepthToSpace", [X(2, 8, 3, 2)], opset=25, attrs=dict(blocksize=2, mode="CRD")),
+    Case("CumSum", [X(2, 5, 3), C(2)], opset=25, attrs=dict(exclusive=1)),
+    Case("GroupNormalization", [X(2, 4, 5), W(4), W(4)], opset=25,
+         attrs=dict(num_groups=2, stash_type=onnx.TensorProto.DOUBLE)),
+    Case("ConvTranspose", [X(2, 4, 5, 5), W(4, 3, 3, 3)], opset=22, attrs=dict(strides=[2, 2], pads=[1, 0, 1, 1])),
+    Case("Einsum", [X(2, 2, 3, 4), X(2, 2, 5, 4)], opset=25, attrs=dict(equation="bhid,bhjd->bhij")),
+]
+
 
 def _model(case: Case, rng: np.random.Generator, dtype) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     names, graph_inputs, initializers, feeds = [], [], [], {}
