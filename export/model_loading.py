@@ -152,11 +152,19 @@ def _default_opset(proto: onnx.ModelProto, name: str) -> int:
     return opset
 
 
+# Ops whose output has their first input's type and shape, but whose shape ONNX's inference leaves
+# unknown (function ops: it does not infer their bodies), which would hide every shape after them.
+_SHAPE_OF_INPUT = ("GroupNormalization",)
+
+
 def infer_shapes(model: ir.Model, name: str) -> None:
-    try:
-        ir_passes.ShapeInferencePass(strict_mode=False)(model)
-    except Exception as error:
-        raise ModelError(f"{name}: ONNX shape inference failed: {_first_line(error)}") from error
+    while True:
+        try:
+            ir_passes.ShapeInferencePass(strict_mode=False)(model)
+        except Exception as error:
+            raise ModelError(f"{name}: ONNX shape inference failed: {_first_line(error)}") from error
+        if not _fill_shapes_of_input(model.graph):
+            break
     # ONNX infers negative sizes for windows larger than their input (a kernel of 100 on 8 pixels);
     # left in, they abort C++ shape code later (std::clamp assertions), so stop here.
     for node in model.graph:
@@ -165,6 +173,17 @@ def infer_shapes(model: ir.Model, name: str) -> None:
                                                for d in value.shape):
                 raise ModelError(f"{name}: {node.op_type} node '{node.name}' gives '{value.name}' an impossible "
                                  f"shape {list(value.shape)}")
+
+
+def _fill_shapes_of_input(graph: ir.Graph) -> bool:
+    """Give the outputs of ``_SHAPE_OF_INPUT`` ops their input's type and shape; whether any changed."""
+    filled = False
+    for node in graph:
+        x, y = (node.inputs[0] if node.inputs else None), node.outputs[0]
+        if node.op_type in _SHAPE_OF_INPUT and y.shape is None and x is not None and x.shape is not None:
+            y.type, y.shape = x.type, x.shape
+            filled = True
+    return filled
 
 
 def _strict_inference_error(model: ir.Model) -> str:
