@@ -207,6 +207,13 @@ def _method_option_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _explainer_settings(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
+    """What every quality bench passes on to its Explainers: VAR settings, batching, backend,
+    per-method options, and the progress bar."""
+    return dict(temperature=args.temperature, tau=args.tau, batch_size=args.batch_size, backend=args.backend,
+                method_options=_method_options(args), progress=progress)
+
+
 def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Per-method Explainer options from the command line (only to the methods that take them)."""
     options: dict[str, dict[str, Any]] = {}
@@ -463,12 +470,7 @@ def run_gpg_command(args: argparse.Namespace) -> int:
         cells,
         arrangements,
         args.methods,
-        temperature=args.temperature,
-        tau=args.tau,
-        batch_size=args.batch_size,
-        backend=args.backend,
-        method_options=_method_options(args),
-        progress=progress,
+        **_explainer_settings(args, progress),
     )
     progress.close()
     report = result.to_json(seed=args.seed)
@@ -511,13 +513,8 @@ def run_sanity_command(args: argparse.Namespace) -> int:
         args.depths,
         steps=args.steps,
         seed=args.seed,
-        temperature=args.temperature,
-        tau=args.tau,
         classes=args.classes,
-        batch_size=args.batch_size,
-        backend=args.backend,
-        method_options=_method_options(args),
-        progress=progress,
+        **_explainer_settings(args, progress),
     )
     progress.close()
     report = result.to_json()
@@ -583,13 +580,8 @@ def run_deletion_command(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         blur_sigma=args.blur_sigma,
         seed=args.seed,
-        temperature=args.temperature,
-        tau=args.tau,
-        batch_size=args.batch_size,
         perturb_batch=args.perturb_batch,
-        backend=args.backend,
-        method_options=_method_options(args),
-        progress=progress,
+        **_explainer_settings(args, progress),
     )
     progress.close()
     report = result.to_json(seed=args.seed)

@@ -91,6 +91,18 @@ def linear_classifier(
                       classes=weights.shape[1], batch=batch, preset=preset)
 
 
+def linear_job(folder: Path, weights: np.ndarray, bias: np.ndarray, shape: tuple[int, ...],
+               photos: int) -> tuple[Path, Path, list[Path]]:
+    """What a `varrt explain` run needs, in ``folder``: the linear classifier (preset 'none'), a
+    labels file ("thing i" per class), and ``photos`` PNGs of other sizes than the model's."""
+    model = folder / "linear.onnx"
+    onnx.save(linear_classifier(weights, bias, shape, preset="none"), model)
+    labels = folder / "labels.txt"
+    labels.write_text("".join(f"thing {i}\n" for i in range(len(bias))))
+    pngs = [write_png(folder / f"photo{i}.png", size=(12 + i, 10), seed=i) for i in range(photos)]
+    return model, labels, pngs
+
+
 def tiny_cnn(
     seed: int = 0, batch: str | int = "N", opset: int = 13, size: int = SHAPE[1], preset: str | None = None
 ) -> onnx.ModelProto:

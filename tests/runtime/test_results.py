@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import onnx
 import pyarrow.parquet as pq
 import pytest
 import testbed
@@ -22,12 +21,7 @@ W, B = testbed.linear_weights(SHAPE, NUM_CLASSES)
 
 @pytest.fixture
 def setup(tmp_path):
-    model = tmp_path / "linear.onnx"
-    onnx.save(testbed.linear_classifier(W, B, SHAPE, preset="none"), model)
-    labels = tmp_path / "labels.txt"
-    labels.write_text("".join(f"thing {i}\n" for i in range(NUM_CLASSES)))
-    photos = [testbed.write_png(tmp_path / f"photo{i}.png", size=(12 + i, 10), seed=i) for i in range(3)]
-    return model, labels, photos
+    return testbed.linear_job(tmp_path, W, B, SHAPE, photos=3)
 
 
 def explain(setup, out, *extra):

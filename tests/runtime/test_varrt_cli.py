@@ -97,12 +97,7 @@ def preprocessed(photo: Path, model: Path) -> np.ndarray:
 @pytest.fixture
 def linear_setup(tmp_path):
     """The linear classifier (preset 'none'), 7 labels and two photos of other sizes than 8x8."""
-    model = tmp_path / "linear.onnx"
-    onnx.save(testbed.linear_classifier(W, B, SHAPE, preset="none"), model)
-    labels = tmp_path / "labels.txt"
-    labels.write_text("".join(f"thing {i}\n" for i in range(NUM_CLASSES)))
-    photos = [testbed.write_png(tmp_path / f"photo{i}.png", size=(12 + i, 10), seed=i) for i in range(2)]
-    return model, labels, photos
+    return testbed.linear_job(tmp_path, W, B, SHAPE, photos=2)
 
 
 def test_explain_writes_npz_and_png_per_image(linear_setup, tmp_path, capsys):
