@@ -29,8 +29,8 @@ def backward(
     """Cotangents [K, *v.shape] of each value in ``wrt``, given cotangents of ``seeds``' keys.
 
     Each seed cotangent has the shape [K, *key.shape]. Values in ``wrt`` that no seed depends on
-    get an explicit zero tensor. ``modified_backward`` ("guided") swaps the true gradient for a
-    modified one on the families that declare it.
+    get an explicit zero tensor. ``modified_backward`` ("guided", "deconvolution") swaps the true
+    gradient for a modified one on the families that declare it.
     """
     forward_nodes = list(em.graph)  # snapshot: the nodes emitted below are not walked
     path = _gradient_path(forward_nodes, set(seeds), set(wrt))
@@ -52,8 +52,9 @@ def backward(
         first = next(g for g in outs if g is not None)
         modifier = modified(row, modified_backward)
         if modifier is not None and outs[0] is not None:
-            first = outs[0] = modifier(ctx, node, outs[0])
-        results = row.rule(ctx, node, first)
+            results = modifier(ctx, node, first, row.rule)
+        else:
+            results = row.rule(ctx, node, first)
         if len(results) != len(node.inputs):
             raise AssertionError(f"rule for {node.op_type} returned {len(results)} entries "
                                  f"for {len(node.inputs)} inputs")

@@ -28,6 +28,8 @@ METHOD_TABLE: dict[str, Method] = {
     "smoothgrad": Method(batching="noise", description="mean gradient over noisy copies of the input"),
     "gradcam": Method(cam=True, description="ReLU of the gradient-weighted last feature map, upsampled"),
     "guided_gradcam": Method(modified="guided", cam=True, description="guided backprop times Grad-CAM"),
+    "deconvolution": Method(modified="deconvolution",
+                            description="gradient with ReLUs applied to the backward signal (Zeiler & Fergus)"),
 }
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)

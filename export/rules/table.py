@@ -10,7 +10,8 @@ math only; runtime tuning happens in export/passes/ after the backward.
 A family says how the modified-backward methods treat its ops, so an op added to a family gets
 its treatment without touching the rule: guided backprop (Springenberg et al.) hands every
 rectifier only the positive part of its cotangent, as pytorch-grad-cam's and Captum's guided
-ReLU backward do.
+ReLU backward do; deconvolution (Zeiler & Fergus, Captum's Deconvolution) passes the rectified
+cotangent without the forward's mask.
 """
 
 from __future__ import annotations
@@ -31,33 +32,44 @@ from varrt.export.rules import resize as rsz
 from varrt.export.rules.context import Context
 
 Rule = Callable[[Context, ir.Node, Any], list]
-# A modified backward: the cotangent the family's rule is handed instead of the true one.
-Modifier = Callable[[Context, ir.Node, ir.Value], ir.Value]
+# A modified backward: the input cotangents of a node given its output cotangent and its true rule.
+Modifier = Callable[[Context, ir.Node, ir.Value, Rule], list]
 
 
-def _positive_part(ctx: Context, node: ir.Node, g: ir.Value) -> ir.Value:
+def _rectifies(ctx: Context, node: ir.Node) -> bool:
     # Clip rectifies only with a lower bound of 0 (ReLU6); Clip(-1, 1) is a plain saturation.
-    if node.op_type == "Clip" and act.clip_bounds(ctx, node)[0] != 0.0:
-        return g
-    return ctx.em.Relu(g)
+    return node.op_type != "Clip" or act.clip_bounds(ctx, node)[0] == 0.0
+
+
+def _guided(ctx: Context, node: ir.Node, g: ir.Value, rule: Rule) -> list:
+    """Guided backprop (Springenberg et al.): the true rule, on the positive part of the cotangent."""
+    return rule(ctx, node, ctx.em.Relu(g) if _rectifies(ctx, node) else g)
+
+
+def _deconvolution(ctx: Context, node: ir.Node, g: ir.Value, rule: Rule) -> list:
+    """Deconvolution (Zeiler & Fergus): the rectifier applied to the cotangent instead of its
+    derivative; the forward's mask is not used."""
+    if not _rectifies(ctx, node):
+        return rule(ctx, node, g)
+    return [ctx.em.Relu(g)] + [None] * (len(node.inputs) - 1)
 
 
 @dataclass(frozen=True)
 class Family:
     name: str
-    modifiers: Mapping[str, Modifier] = field(default_factory=dict)  # modified backward -> cotangent
+    modifiers: Mapping[str, Modifier] = field(default_factory=dict)  # modified backward -> its rule
 
 
 AFFINE = Family("affine")  # weighted sums of the input: Conv, Gemm, MatMul
 LINEAR = Family("linear")  # fixed linear maps: sums, means, pooling averages, resizing
 SHAPE = Family("shape")  # moves elements without changing them
 ELEMENTWISE = Family("elementwise")  # smooth pointwise functions and products
-RECTIFIER = Family("rectifier", {"guided": _positive_part})  # ReLU-like activations
+RECTIFIER = Family("rectifier", {"guided": _guided, "deconvolution": _deconvolution})  # ReLU-like activations
 SELECTION = Family("selection")  # routes the cotangent to the chosen element (max, where)
 NORMALIZATION = Family("normalization")  # statistics over axes: norms, softmax, LRN
 CONSTANT = Family("constant")  # piecewise constant: zero derivative
 
-MODIFIED_BACKWARDS = ("guided",)
+MODIFIED_BACKWARDS = ("guided", "deconvolution")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The explanation methods against Captum's implementations of the same methods.
 
-guided_backprop, gradcam and guided_gradcam on a ReLU CNN defined here (Captum's GuidedBackprop
+guided_backprop, deconvolution, gradcam and guided_gradcam on a ReLU CNN defined here (Captum's GuidedBackprop
 overrides nn.ReLU modules, so the net uses them); input_x_gradient and integrated_gradients on
 EfficientNet-Lite0 with its real weights.
 """
@@ -70,6 +70,13 @@ def test_guided_backprop(cnn: tuple[nn.Module, onnx.ModelProto]) -> None:
     x, ids = tm.random_inputs(tm.TOY_INPUT, n=2, k=3, seed=2)
     expected = _per_class(captum_attr.GuidedBackprop(model).attribute, x, ids)
     _compare(explain_graph(proto, method="guided_backprop"), x, ids, expected, "cnn guided_backprop")
+
+
+def test_deconvolution(cnn: tuple[nn.Module, onnx.ModelProto]) -> None:
+    model, proto = cnn
+    x, ids = tm.random_inputs(tm.TOY_INPUT, n=2, k=3, seed=3)
+    expected = _per_class(captum_attr.Deconvolution(model).attribute, x, ids)
+    _compare(explain_graph(proto, method="deconvolution"), x, ids, expected, "cnn deconvolution")
 
 
 def _gradcam(model: nn.Module, layer: nn.Module, x: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -459,3 +459,22 @@ def test_guided_backprop_is_the_gradient_of_the_positive_cotangent_on_rectifiers
     expected = plain.run(None, {**feeds, **passed})
     for a, b in zip(ours, expected):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_deconvolution_passes_the_rectified_cotangent_through_rectifiers(case: Case):
+    """deconvolution VJP(c) == relu(c) on rectifiers (no forward mask), == plain VJP(c) elsewhere."""
+    rng = np.random.default_rng(zlib.crc32(case.id.encode()))
+    model32, feeds = _model(case, rng, np.float32)
+    plain, deconv = (ort.InferenceSession(vjp_model(model32, modified_backward=m).SerializeToString(),
+                                          providers=["CPUExecutionProvider"]) for m in (None, "deconvolution"))
+    cotangents = {i.name: rng.standard_normal([2, *i.shape[1:]]).astype(np.float32)
+                  for i in plain.get_inputs() if i.name.startswith("cotangent_")}
+    grads = [o.name for o in deconv.get_outputs() if o.name.startswith("grad_")]
+    ours = deconv.run(grads, {**feeds, **cotangents})
+    if _rectifies(case):
+        (c,) = cotangents.values()
+        np.testing.assert_array_equal(ours[0], np.maximum(c, 0))  # the rectifier's input, x
+    else:
+        for a, b in zip(ours, plain.run(grads, {**feeds, **cotangents})):
+            np.testing.assert_array_equal(a, b)
