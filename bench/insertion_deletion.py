@@ -28,6 +28,7 @@ insertion AUC are better. A random ranking of the same pixels is reported as the
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -303,6 +304,27 @@ def _format_interval(interval: Mapping[str, float]) -> str:
 
 
 # --- the benchmark --------------------------------------------------------------------------------
+@dataclass
+class _Run:
+    """What every curve of one run shares: the plain model, the images and how they are perturbed."""
+
+    classifier: Classifier
+    inputs: np.ndarray
+    clean: np.ndarray  # class probabilities of the clean images
+    class_ids: np.ndarray
+    baselines: np.ndarray
+    tiebreaks: np.ndarray  # one tie-break order per image, shared by every map and the reference
+    counts: np.ndarray
+    fractions: np.ndarray
+
+    @property
+    def top(self) -> np.ndarray:
+        return self.class_ids[:, 0]
+
+    def curves(self, n: int, order: np.ndarray) -> dict[str, np.ndarray]:
+        return curves_for(self.classifier, self.inputs[n], self.baselines[n], order, self.counts, self.top[n])
+
+
 def run_insertion_deletion(
     model: str | os.PathLike[str],
     inputs: np.ndarray,
@@ -328,97 +350,186 @@ def run_insertion_deletion(
     ``inputs`` are preprocessed float32 [N, C, H, W]; ``method_options`` maps a method to extra
     ``Explainer`` options (``steps`` for integrated gradients, ``layer`` for Grad-CAM...).
     """
+    inputs = _checked_inputs(inputs, ranking)
+    run = _prepare(model, inputs, steps, baseline, blur_sigma, seed, perturb_batch, backend)
+    reference = _reference_curves(run)
+    settings = _settings(run, steps, ranking, baseline, blur_sigma, seed, temperature, tau, backend, method_options)
+    result = _result(model, paths, run, reference, settings)
+    factory = explainer_factory or Explainer
+    total = len(methods) * len(inputs)
+    for index, method in enumerate(methods):
+        explainer = _explainer(factory, model, method, run, backend, temperature, tau, batch_size, method_options)
+        done = functools.partial(_report_image, progress, index * len(inputs), total, method)
+        result.methods.append(_method_curves(explainer, method, run, ranking, batch_size, done))
+    return result
+
+
+def _checked_inputs(inputs: np.ndarray, ranking: str) -> np.ndarray:
+    """The images as float32 [N, C, H, W], after checking them and the ranking."""
     if ranking not in RANKINGS:
         raise UsageError(f"unknown ranking {ranking!r}: use {' or '.join(RANKINGS)}")
     inputs = np.asarray(inputs, dtype=np.float32)
     if inputs.ndim != 4 or len(inputs) == 0:
         raise UsageError(f"expected a non-empty batch [N, C, H, W], got shape {inputs.shape}")
-    factory = explainer_factory or Explainer
+    return inputs
+
+
+def _prepare(
+    model: str | os.PathLike[str],
+    inputs: np.ndarray,
+    steps: int,
+    baseline: str,
+    blur_sigma: float,
+    seed: int,
+    perturb_batch: int,
+    backend: str,
+) -> _Run:
+    """The plain model, the explained classes, baselines, tie-breaks and pixel counts of one run."""
     count, _, height, width = inputs.shape
     counts = step_counts(height * width, steps)
-    fractions = counts / float(height * width)
     classifier = Classifier(model, perturb_batch, backend)
     clean = classifier.calibrate(inputs)
     class_ids = explained_classes(clean)
-    top = class_ids[:, 0]
     baselines = np.stack([make_baseline(image, baseline, blur_sigma) for image in inputs])
-    # One tie-break order per image, shared by every map (and the random reference ranking).
     rng = np.random.default_rng(seed)
     tiebreaks = np.stack([rng.permutation(height * width) for _ in range(count)])
-    reference_parts: dict[str, list[np.ndarray]] = {c: [] for c in CURVES}
-    for n in range(count):
-        random_order = np.argsort(tiebreaks[n], kind="stable")
-        for curve, values in curves_for(classifier, inputs[n], baselines[n], random_order, counts, top[n]).items():
-            reference_parts[curve].append(values)
-    result = InsertionDeletionResult(
+    fractions = counts / float(height * width)
+    return _Run(classifier, inputs, clean, class_ids, baselines, tiebreaks, counts, fractions)
+
+
+def _reference_curves(run: _Run) -> dict[str, np.ndarray]:
+    """Curves [N, S + 1] of the random ranking (the tie-break order alone), per curve."""
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in CURVES}
+    for n in range(len(run.inputs)):
+        random_order = np.argsort(run.tiebreaks[n], kind="stable")
+        for curve, values in run.curves(n, random_order).items():
+            parts[curve].append(values)
+    return {c: np.stack(v) for c, v in parts.items()}
+
+
+def _settings(
+    run: _Run,
+    steps: int,
+    ranking: str,
+    baseline: str,
+    blur_sigma: float,
+    seed: int,
+    temperature: float,
+    tau: float,
+    backend: str,
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+) -> dict[str, Any]:
+    """The report's record of how the run was made."""
+    k = int(run.class_ids.shape[1])
+    return {
+        "steps": steps,
+        "ranking": ranking,
+        "baseline": baseline,
+        "blur_sigma": blur_sigma if baseline == "blur" else None,
+        "seed": seed,
+        "temperature": temperature,
+        "tau": tau,
+        "backend": backend,
+        "k": k,
+        "classes": "top4+min" if k == K and run.clean.shape[1] > K else "all, most likely first",
+        "explained_class": "top-1 (first of class_ids)",
+        "score": "softmax probability of the explained class",
+        "auc": "trapezoid rule over the fraction of pixels perturbed",
+        "method_options": {m: dict(o) for m, o in (method_options or {}).items()},
+    }
+
+
+def _result(
+    model: str | os.PathLike[str],
+    paths: Sequence[str | os.PathLike[str]] | None,
+    run: _Run,
+    reference: dict[str, np.ndarray],
+    settings: dict[str, Any],
+) -> InsertionDeletionResult:
+    """The result before any method: images, explained classes, fractions and the reference."""
+    count = len(run.inputs)
+    return InsertionDeletionResult(
         model=os.fspath(model),
         paths=[os.fspath(p) for p in paths] if paths is not None else [f"image {n}" for n in range(count)],
-        class_ids=class_ids,
-        probabilities=clean[np.arange(count), top],
-        fractions=fractions,
-        reference={c: np.stack(v) for c, v in reference_parts.items()},
-        settings={
-            "steps": steps,
-            "ranking": ranking,
-            "baseline": baseline,
-            "blur_sigma": blur_sigma if baseline == "blur" else None,
-            "seed": seed,
-            "temperature": temperature,
-            "tau": tau,
-            "backend": backend,
-            "k": int(class_ids.shape[1]),
-            "classes": "top4+min" if class_ids.shape[1] == K and clean.shape[1] > K else "all, most likely first",
-            "explained_class": "top-1 (first of class_ids)",
-            "score": "softmax probability of the explained class",
-            "auc": "trapezoid rule over the fraction of pixels perturbed",
-            "method_options": {m: dict(o) for m, o in (method_options or {}).items()},
-        },
+        class_ids=run.class_ids,
+        probabilities=run.clean[np.arange(count), run.top],
+        fractions=run.fractions,
+        reference=reference,
+        settings=settings,
     )
-    done = 0
-    for method in methods:
-        # The ids here only pick the graph with a class_ids input; each call passes its own.
-        explainer = factory(
-            os.fspath(model),
-            method=method,
-            classes=list(range(class_ids.shape[1])),
-            backend=backend,
-            var=True,
-            temperature=temperature,
-            tau=tau,
-            batch_size=batch_size,
-            **dict((method_options or {}).get(method, {})),
-        )
-        started = time.perf_counter()
-        curves: dict[str, dict[str, list[np.ndarray]]] = {kind: {c: [] for c in CURVES} for kind in KINDS}
-        empty = dict.fromkeys(KINDS, 0)
-        for start in range(0, count, batch_size):
-            stop = min(start + batch_size, count)
-            explanation = explainer(inputs[start:stop], class_ids=class_ids[start:stop])
-            maps = {
-                "base": metrics.to_host(explanation.attributions)[:, 0],
-                "var": metrics.to_host(explanation.var)[:, 0],
-            }
-            for offset, n in enumerate(range(start, stop)):
-                for kind in KINDS:
-                    saliency = saliency_map(maps[kind][offset], ranking)
-                    empty[kind] += int(not np.any(saliency > 0))
-                    order = pixel_order(saliency, tiebreaks[n])
-                    along = curves_for(classifier, inputs[n], baselines[n], order, counts, top[n])
-                    for curve in CURVES:
-                        curves[kind][curve].append(along[curve])
-                done += 1
-                progress(done, len(methods) * count, method)
-        stacked = {kind: {c: np.stack(curves[kind][c]) for c in CURVES} for kind in KINDS}
-        result.methods.append(
-            MethodCurves(
-                method=method,
-                curves=stacked,
-                aucs={
-                    kind: {c: np.array([trapezoid_auc(row, fractions) for row in stacked[kind][c]]) for c in CURVES}
-                    for kind in KINDS
-                },
-                empty_maps=empty,
-                seconds=time.perf_counter() - started,
-            )
-        )
-    return result
+
+
+def _explainer(
+    factory: Callable[..., Any],
+    model: str | os.PathLike[str],
+    method: str,
+    run: _Run,
+    backend: str,
+    temperature: float,
+    tau: float,
+    batch_size: int,
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+) -> Any:
+    """The VAR explainer of one method, for graphs that take class_ids as an input."""
+    # The ids here only pick the graph with a class_ids input; each call passes its own.
+    return factory(
+        os.fspath(model),
+        method=method,
+        classes=list(range(run.class_ids.shape[1])),
+        backend=backend,
+        var=True,
+        temperature=temperature,
+        tau=tau,
+        batch_size=batch_size,
+        **dict((method_options or {}).get(method, {})),
+    )
+
+
+def _report_image(progress: Progress, done_before: int, total: int, method: str, n: int) -> None:
+    """Progress after image ``n`` (0-based) of ``method``, counting the methods before it."""
+    progress(done_before + n + 1, total, method)
+
+
+def _method_curves(
+    explainer: Any, method: str, run: _Run, ranking: str, batch_size: int, image_done: Callable[[int], None]
+) -> MethodCurves:
+    """One method's base and VAR curves, their AUCs, its empty maps and the seconds it took."""
+    started = time.perf_counter()
+    curves, empty = _ranked_curves(explainer, run, ranking, batch_size, image_done)
+    stacked = {kind: {c: np.stack(curves[kind][c]) for c in CURVES} for kind in KINDS}
+    return MethodCurves(
+        method=method,
+        curves=stacked,
+        aucs={
+            kind: {c: np.array([trapezoid_auc(row, run.fractions) for row in stacked[kind][c]]) for c in CURVES}
+            for kind in KINDS
+        },
+        empty_maps=empty,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _ranked_curves(
+    explainer: Any, run: _Run, ranking: str, batch_size: int, image_done: Callable[[int], None]
+) -> tuple[dict[str, dict[str, list[np.ndarray]]], dict[str, int]]:
+    """Per kind and curve, each image's curve along its map's ranking; per kind, the empty maps."""
+    curves: dict[str, dict[str, list[np.ndarray]]] = {kind: {c: [] for c in CURVES} for kind in KINDS}
+    empty = dict.fromkeys(KINDS, 0)
+    count = len(run.inputs)
+    for start in range(0, count, batch_size):
+        stop = min(start + batch_size, count)
+        explanation = explainer(run.inputs[start:stop], class_ids=run.class_ids[start:stop])
+        maps = {
+            "base": metrics.to_host(explanation.attributions)[:, 0],
+            "var": metrics.to_host(explanation.var)[:, 0],
+        }
+        for offset, n in enumerate(range(start, stop)):
+            for kind in KINDS:
+                saliency = saliency_map(maps[kind][offset], ranking)
+                empty[kind] += int(not np.any(saliency > 0))
+                order = pixel_order(saliency, run.tiebreaks[n])
+                along = run.curves(n, order)
+                for curve in CURVES:
+                    curves[kind][curve].append(along[curve])
+            image_done(n)
+    return curves, empty
