@@ -153,13 +153,36 @@ def run_speed(
     progress: Progress = _no_progress,
 ) -> dict[str, Any]:
     """Time every method on every backend (all usable ones by default); the JSON report."""
+    _check_counts(batch_sizes, repeats, throughput_repeats, warmup)
+    factory = explainer_factory or Explainer
+    usable, skipped = available_backends()
+    chosen = list(backends) if backends else usable
+    torch_reference, reference_skipped = _reference_choice(model, torch_reference)
+    k = parse_classes(classes).k
+    report = _report(model, classes, k, batch_sizes, repeats, throughput_repeats, warmup, method_options, skipped)
+    jobs = _varrt_jobs(
+        model, methods, chosen, batch_sizes, classes, repeats, throughput_repeats, warmup, factory, method_options
+    )
+    if torch_reference:
+        jobs += _reference_jobs(methods, batch_sizes, k, repeats, throughput_repeats, warmup)
+    report["results"].extend(_measure_all(jobs, progress))
+    if torch_reference:
+        report["ratios"] = reference_ratios(report["results"])
+    else:
+        report["reference_skipped"] = reference_skipped
+    return report
+
+
+def _check_counts(batch_sizes: Sequence[int], repeats: int, throughput_repeats: int, warmup: int) -> None:
+    """Refuse repeat counts, warm-up counts and batch sizes that cannot be timed."""
     if repeats < 1 or throughput_repeats < 1 or warmup < 0:
         raise UsageError("--repeats and --throughput-repeats must be at least 1, --warmup at least 0")
     if any(b < 1 for b in batch_sizes):
         raise UsageError(f"batch sizes must be positive, got {list(batch_sizes)}")
-    factory = explainer_factory or Explainer
-    usable, skipped = available_backends()
-    chosen = list(backends) if backends else usable
+
+
+def _reference_choice(model: str | os.PathLike[str], torch_reference: bool | None) -> tuple[bool, str | None]:
+    """Whether the PyTorch reference is timed, and why not when it was left out by default."""
     reference_skipped = None
     if torch_reference is None:
         torch_reference = is_demo_model(model) and reference_available() is None
@@ -167,8 +190,22 @@ def run_speed(
             reference_skipped = reference_available() or "not the demo model (pass --torch-reference)"
     elif torch_reference and reference_available() is not None:
         raise UsageError(f"the PyTorch reference cannot run: {reference_available()}")
-    k = parse_classes(classes).k
-    report: dict[str, Any] = {
+    return torch_reference, reference_skipped
+
+
+def _report(
+    model: str | os.PathLike[str],
+    classes: str,
+    k: int,
+    batch_sizes: Sequence[int],
+    repeats: int,
+    throughput_repeats: int,
+    warmup: int,
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+    skipped: dict[str, str],
+) -> dict[str, Any]:
+    """The report before any timing: model, settings and the backends that cannot run here."""
+    return {
         "benchmark": "speed",
         "model": os.fspath(model),
         "settings": {
@@ -185,39 +222,69 @@ def run_speed(
         "backends_skipped": skipped,
         "results": [],
     }
-    total = len(methods) * (len(chosen) + (1 if torch_reference else 0))
-    done = 0
-    for backend in chosen:
-        for method in methods:
-            progress(done, total, f"{backend} {method}")
-            report["results"].append(
-                measure_varrt(
-                    model,
-                    method,
-                    backend,
-                    batch_sizes,
-                    classes=classes,
-                    repeats=repeats,
-                    throughput_repeats=throughput_repeats,
-                    warmup=warmup,
-                    explainer_factory=factory,
-                    method_options=(method_options or {}).get(method),
-                )
-            )
-            done += 1
-            progress(done, total, f"{backend} {method}")
-    if torch_reference:
-        for method in methods:
-            progress(done, total, f"{REFERENCE_FLOW} {method}")
-            report["results"].append(
-                _reference_row(speed_reference, method, batch_sizes, k, repeats, throughput_repeats, warmup)
-            )
-            done += 1
-            progress(done, total, f"{REFERENCE_FLOW} {method}")
-        report["ratios"] = reference_ratios(report["results"])
-    else:
-        report["reference_skipped"] = reference_skipped
-    return report
+
+
+_Job = tuple[str, Callable[[], dict[str, Any]]]  # progress label, and the measurement giving one row
+
+
+def _varrt_jobs(
+    model: str | os.PathLike[str],
+    methods: Sequence[str],
+    backends: Sequence[str],
+    batch_sizes: Sequence[int],
+    classes: str,
+    repeats: int,
+    throughput_repeats: int,
+    warmup: int,
+    factory: Callable[..., Any],
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+) -> list[_Job]:
+    """One varrt measurement per backend and method, backend by backend."""
+    return [
+        (
+            f"{backend} {method}",
+            functools.partial(
+                measure_varrt,
+                model,
+                method,
+                backend,
+                batch_sizes,
+                classes=classes,
+                repeats=repeats,
+                throughput_repeats=throughput_repeats,
+                warmup=warmup,
+                explainer_factory=factory,
+                method_options=(method_options or {}).get(method),
+            ),
+        )
+        for backend in backends
+        for method in methods
+    ]
+
+
+def _reference_jobs(
+    methods: Sequence[str], batch_sizes: Sequence[int], k: int, repeats: int, throughput_repeats: int, warmup: int
+) -> list[_Job]:
+    """One PyTorch reference measurement per method."""
+    return [
+        (
+            f"{REFERENCE_FLOW} {method}",
+            functools.partial(
+                _reference_row, speed_reference, method, batch_sizes, k, repeats, throughput_repeats, warmup
+            ),
+        )
+        for method in methods
+    ]
+
+
+def _measure_all(jobs: Sequence[_Job], progress: Progress) -> list[dict[str, Any]]:
+    """The rows of ``jobs`` in order, reporting progress before and after each."""
+    rows = []
+    for done, (label, measure) in enumerate(jobs):
+        progress(done, len(jobs), label)
+        rows.append(measure())
+        progress(done + 1, len(jobs), label)
+    return rows
 
 
 def _reference_row(
