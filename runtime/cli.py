@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 from tqdm import tqdm
-from varrt import audit, data
+from varrt import audit, data, triton
 from varrt.bench import cli as bench_cli
 from varrt.core import defaults
 from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS
@@ -405,6 +405,20 @@ def save_model(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    triton_target = _triton_target(args)
+    if triton_target is not None:
+        return _export_triton(args, triton_target)
+    out = Path(args.output)
+    check_writable_dir(out.parent)
+    proto = explain_graph(args.model, method=args.method, **_export_options(args))
+    save_model(proto, out)
+    outputs = ", ".join(value.name for value in proto.graph.output)
+    print(f"varrt: wrote {out} ({args.method}; outputs: {outputs})")
+    return 0
+
+
+def _export_options(args: argparse.Namespace) -> dict[str, Any]:
+    """explain_graph's keyword arguments from the command line."""
     options = _method_options(args)
     if args.classes is not None:
         options["classes"] = args.classes  # parsed by the exporter (varrt.core.classes)
@@ -413,12 +427,65 @@ def _run_export(args: argparse.Namespace) -> int:
     options["target"] = args.target
     if args.var:
         options.update(var=True, temperature=args.temperature, tau=args.tau, var_scale=args.var_scale)
-    out = Path(args.output)
-    check_writable_dir(out.parent)
-    proto = explain_graph(args.model, method=args.method, **options)
-    save_model(proto, out)
+    return options
+
+
+@dataclass
+class _TritonTarget:
+    """Where and how ``varrt export --triton-repo`` writes its model (options checked)."""
+
+    repository: Path
+    name: str
+    max_batch_size: int
+    platform: str
+    device: str
+    force: bool
+
+
+_TRITON_ONLY = ("name", "max_batch_size", "triton_platform", "triton_device")
+
+
+def _triton_target(args: argparse.Namespace) -> _TritonTarget | None:
+    """The checked Triton options, None for ``-o``; every refusal comes before the (slow) export."""
+    if args.triton_repo is None:
+        given = [f"--{key.replace('_', '-')}" for key in _TRITON_ONLY if getattr(args, key) is not None]
+        given += ["--force"] if args.force else []
+        if given:
+            raise UsageError(f"{', '.join(given)}: Triton options, for --triton-repo DIR only")
+        return None
+    if args.name is None:
+        raise UsageError("--triton-repo needs --name NAME, the model's name in the repository")
+    target = _TritonTarget(
+        repository=Path(args.triton_repo),
+        name=args.name,
+        max_batch_size=triton.DEFAULT_MAX_BATCH_SIZE if args.max_batch_size is None else args.max_batch_size,
+        platform=args.triton_platform or "onnxruntime",
+        device=args.triton_device or "gpu",
+        force=args.force,
+    )
+    triton.check_options(target.name, target.max_batch_size, target.platform, target.device)
+    if args.batch is not None and target.max_batch_size > 0:
+        raise UsageError(f"--batch {args.batch} fixes the batch axis, but Triton batches requests itself "
+                         f"(--max-batch-size {target.max_batch_size}): drop --batch, or pass --max-batch-size 0 "
+                         "to serve the fixed batch as it is")
+    check_writable_dir(target.repository)
+    triton.check_destination(target.repository, target.name, target.force)
+    return target
+
+
+def _export_triton(args: argparse.Namespace, target: _TritonTarget) -> int:
+    """``varrt export --triton-repo DIR --name NAME``: DIR/NAME/config.pbtxt and DIR/NAME/1/model.onnx."""
+    proto = explain_graph(args.model, method=args.method, **_export_options(args))
+    classes = f", classes {args.classes}" if args.classes else ", class_ids fed by the client"
+    config = triton.model_config(
+        proto, target.name, max_batch_size=target.max_batch_size, platform=target.platform, device=target.device,
+        comment=f"varrt {__version__}: explanation graph of {Path(args.model).name} ({args.method}{classes})",
+    )
+    folder = triton.write_repository(target.repository, target.name, config, lambda path: save_model(proto, path),
+                                     force=target.force)
     outputs = ", ".join(value.name for value in proto.graph.output)
-    print(f"varrt: wrote {out} ({args.method}; outputs: {outputs})")
+    print(f"varrt: wrote Triton model {folder} ({triton.CONFIG_NAME}, {triton.VERSION}/{triton.MODEL_FILE}; "
+          f"{args.method}; outputs: {outputs})")
     return 0
 
 
@@ -565,7 +632,7 @@ def add_demo_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
-    """``varrt export MODEL -o OUT --method M``."""
+    """``varrt export MODEL (-o OUT | --triton-repo DIR --name NAME) --method M``."""
     parser = subparsers.add_parser(
         "export",
         parents=[parent],
@@ -574,11 +641,16 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
             "Rewrite an ONNX classifier into an explanation graph. Inputs: the model's own, plus "
             "class_ids int64 [N, K]. Outputs: logits [N, classes], attributions [N, K, C, H, W] "
             "([N, K, H, W] for CAM methods) and, with --var, var_attributions. The graph uses standard "
-            "ONNX ops only, for ONNX Runtime and TensorRT."
+            "ONNX ops only, for ONNX Runtime and TensorRT. With --triton-repo DIR --name NAME it is written "
+            "as a Triton Inference Server model, with a config.pbtxt read off the graph's inputs and outputs."
         ),
     )
     parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier")
-    parser.add_argument("--output", "-o", required=True, metavar="OUT.onnx", help="where to write the graph")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--output", "-o", metavar="OUT.onnx", help="where to write the graph")
+    where.add_argument("--triton-repo", metavar="DIR",
+                       help="write a Triton Inference Server model instead: DIR/NAME/config.pbtxt and "
+                       "DIR/NAME/1/model.onnx (the graph), served by Triton's ONNX Runtime backend")
     parser.add_argument("--method", "-m", required=True, help=_method_help(None))
     parser.add_argument(
         "--classes",
@@ -595,7 +667,25 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                         help="the runtime the graph is tuned for (default: portable, for TensorRT, CUDA or any "
                         "runtime; onnxruntime-cpu adds the graph passes measured on ONNX Runtime's CPU provider)")
     _add_method_options(parser)
+    _add_triton_options(parser)
     parser.set_defaults(run=_run_export)
+
+
+def _add_triton_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``varrt export --triton-repo DIR``."""
+    group = parser.add_argument_group("Triton model repository (with --triton-repo)")
+    group.add_argument("--name", help="the model's name: its folder in DIR and the config's name (required)")
+    group.add_argument("--max-batch-size", type=int, metavar="B",
+                       help=f"Triton's max_batch_size (default {triton.DEFAULT_MAX_BATCH_SIZE}), with dynamic "
+                       "batching; 0: Triton does not batch and dims include the batch axis (the only choice "
+                       "with --batch)")
+    group.add_argument("--triton-platform", choices=triton.PLATFORMS,
+                       help="onnxruntime (default): ONNX Runtime's own providers; tensorrt: ONNX Runtime with "
+                       "its TensorRT execution accelerator, FP32")
+    group.add_argument("--triton-device", choices=triton.DEVICES,
+                       help="the instance group's kind: gpu (default, KIND_GPU) or cpu (KIND_CPU)")
+    group.add_argument("--force", action="store_true",
+                       help="replace an existing, non-empty DIR/NAME folder (all its versions)")
 
 
 # The subcommands, in help order. Each entry adds one subparser that sets `run` (a function of
