@@ -201,26 +201,50 @@ def run_sanity(
     """Similarity of each method's maps (base and VAR) to the original as layers are randomized."""
     factory = explainer_factory or Explainer
     original = read_model(model)
+    layers, depths = _layers_and_depths(model, original, depths, steps)
+    settings = _settings(seed, temperature, tau, classes, inputs)
+    result = SanityResult(model=os.fspath(model), layers=layers, depths=depths, settings=settings)
+    options = _explainer_options(classes, backend, temperature, tau, batch_size)
+    total = len(methods) * len(depths)
+    # Randomized models are throwaway: their explanation graphs go to a temporary cache rather
+    # than the user's, which would otherwise keep one graph per method and depth.
+    with tempfile.TemporaryDirectory(prefix="varrt-sanity-") as scratch:
+        cascade = _Cascade(factory, original, inputs, seed, scratch, options, method_options)
+        for index, method in enumerate(methods):
+            curves, maps = _method_similarity(cascade, method, depths, progress, index * len(depths), total)
+            result.similarity[method] = curves
+            result.maps[method] = maps
+    return result
+
+
+def _layers_and_depths(
+    model: str | os.PathLike[str], original: onnx.ModelProto, depths: Sequence[int] | None, steps: int
+) -> tuple[list[Layer], list[int]]:
+    """The model's weight layers and the numbers of them to randomize, checked against each other."""
     layers = weight_layers(original)
     if not layers:
         raise ModelError(f"{model}: no Conv/Gemm/MatMul layer with initializer weights to randomize")
     depths = list(depths) if depths is not None else default_depths(len(layers), steps)
     if any(d < 0 or d > len(layers) for d in depths):
         raise ModelError(f"depths must lie in 0..{len(layers)}, got {depths}")
-    result = SanityResult(
-        model=os.fspath(model),
-        layers=layers,
-        depths=depths,
-        settings={
-            "seed": seed,
-            "temperature": temperature,
-            "tau": tau,
-            "classes": classes,
-            "images": int(len(inputs)),
-            "map": "sum over channels of |attribution|, top-1 class",
-        },
-    )
-    options: dict[str, Any] = {  # keyword arguments of the Explainer
+    return layers, depths
+
+
+def _settings(seed: int, temperature: float, tau: float, classes: str, inputs: np.ndarray) -> dict[str, Any]:
+    """The report's record of how the run was made."""
+    return {
+        "seed": seed,
+        "temperature": temperature,
+        "tau": tau,
+        "classes": classes,
+        "images": int(len(inputs)),
+        "map": "sum over channels of |attribution|, top-1 class",
+    }
+
+
+def _explainer_options(classes: str, backend: str, temperature: float, tau: float, batch_size: int) -> dict[str, Any]:
+    """The Explainer's keyword arguments shared by every method and depth."""
+    return {
         "classes": classes,
         "backend": backend,
         "var": True,
@@ -228,31 +252,46 @@ def run_sanity(
         "tau": tau,
         "batch_size": batch_size,
     }
-    steps_done = 0
-    # Randomized models are throwaway: their explanation graphs go to a temporary cache rather
-    # than the user's, which would otherwise keep one graph per method and depth.
-    with tempfile.TemporaryDirectory(prefix="varrt-sanity-") as scratch:
-        for method in methods:
-            class_ids: np.ndarray | None = None
-            reference: tuple[np.ndarray, np.ndarray] | None = None
-            curves: dict[str, dict[str, list[float]]] = {kind: {"spearman": [], "ssim": []} for kind in ("base", "var")}
-            step_maps: dict[str, list[np.ndarray]] = {"base": [], "var": []}
-            for depth in depths:
-                graph = original if depth == 0 else randomize_top_layers(original, depth, seed)
-                extra = dict((method_options or {}).get(method, {}))
-                explainer = factory(graph, method=method, cache_dir=scratch, **options, **extra)
-                explanation = explainer(inputs, class_ids=class_ids)
-                if class_ids is None:
-                    # Fix the original model's classes: every step explains the same classes.
-                    class_ids = metrics.to_host(explanation.class_ids).astype(np.int64)
-                maps = top_class_maps(explanation)
-                reference = reference or maps
-                for kind, current, first in zip(("base", "var"), maps, reference, strict=True):
-                    for measure, value in similarities(first, current).items():
-                        curves[kind][measure].append(value)
-                    step_maps[kind].append(current[0])
-                steps_done += 1
-                progress(steps_done, len(methods) * len(depths), f"{method}, {depth} layers randomized")
-            result.similarity[method] = curves
-            result.maps[method] = {kind: np.stack(step_maps[kind]) for kind in ("base", "var")}
-    return result
+
+
+@dataclass
+class _Cascade:
+    """What every step shares: the Explainer, the original model, the images and where graphs go."""
+
+    factory: Callable[..., Any]
+    original: onnx.ModelProto
+    inputs: np.ndarray
+    seed: int
+    scratch: str
+    options: dict[str, Any]
+    method_options: Mapping[str, Mapping[str, Any]] | None
+
+    def explain(self, method: str, depth: int, class_ids: np.ndarray | None) -> Any:
+        """The explanation of the images by the model with its top ``depth`` layers randomized."""
+        graph = self.original if depth == 0 else randomize_top_layers(self.original, depth, self.seed)
+        extra = dict((self.method_options or {}).get(method, {}))
+        explainer = self.factory(graph, method=method, cache_dir=self.scratch, **self.options, **extra)
+        return explainer(self.inputs, class_ids=class_ids)
+
+
+def _method_similarity(
+    cascade: _Cascade, method: str, depths: Sequence[int], progress: Progress, done_before: int, total: int
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, np.ndarray]]:
+    """One method's similarity to its original maps at each depth, and its first image's maps."""
+    class_ids: np.ndarray | None = None
+    reference: tuple[np.ndarray, np.ndarray] | None = None
+    curves: dict[str, dict[str, list[float]]] = {kind: {"spearman": [], "ssim": []} for kind in ("base", "var")}
+    step_maps: dict[str, list[np.ndarray]] = {"base": [], "var": []}
+    for step, depth in enumerate(depths):
+        explanation = cascade.explain(method, depth, class_ids)
+        if class_ids is None:
+            # Fix the original model's classes: every step explains the same classes.
+            class_ids = metrics.to_host(explanation.class_ids).astype(np.int64)
+        maps = top_class_maps(explanation)
+        reference = reference or maps
+        for kind, current, first in zip(("base", "var"), maps, reference, strict=True):
+            for measure, value in similarities(first, current).items():
+                curves[kind][measure].append(value)
+            step_maps[kind].append(current[0])
+        progress(done_before + step + 1, total, f"{method}, {depth} layers randomized")
+    return curves, {kind: np.stack(step_maps[kind]) for kind in ("base", "var")}
