@@ -285,16 +285,43 @@ def run_gpg(
     ``method_options`` maps a method to extra ``Explainer`` options (``steps`` for integrated
     gradients, ``layer`` for Grad-CAM...).
     """
+    _check_arrangements(cells, arrangements)
+    factory = explainer_factory or Explainer
+    prep = _preprocessing(model)
+    inputs, class_ids, pixels = build_grids(cells, arrangements, prep)
+    result = _result(model, cells, arrangements, pixels, temperature, tau, backend, method_options)
+    for method in methods:
+        explainer = _explainer(factory, model, method, backend, temperature, tau, batch_size, method_options)
+        started = time.perf_counter()
+        base, var = run_method(explainer, inputs, class_ids, batch_size, progress, method)
+        seconds = time.perf_counter() - started
+        result.scores.append(_method_scores(method, base, var, prep.size, seconds))
+        result.example_maps[method] = _example_maps(base, var)
+    return result
+
+
+def _check_arrangements(cells: Sequence[CellImage], arrangements: Sequence[tuple[int, int, int, int]]) -> None:
+    """Refuse a run with no grid: fewer than 4 distinct classes passed the selection."""
     if not arrangements:
         raise VarrtError(
             "the grid pointing game needs images of at least 4 distinct classes; "
             f"only {len({c.label for c in cells})} passed the selection (add photos with --images, "
             "or lower --threshold)"
         )
-    factory = explainer_factory or Explainer
-    prep = _preprocessing(model)
-    inputs, class_ids, pixels = build_grids(cells, arrangements, prep)
-    result = GpgResult(
+
+
+def _result(
+    model: str | os.PathLike[str],
+    cells: Sequence[CellImage],
+    arrangements: Sequence[tuple[int, int, int, int]],
+    pixels: np.ndarray,
+    temperature: float,
+    tau: float,
+    backend: str,
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+) -> GpgResult:
+    """The result before any method: cells, arrangements, settings and the first grid's pixels."""
+    return GpgResult(
         model=os.fspath(model),
         images=list(cells),
         arrangements=[(a, b, c, d) for a, b, c, d in arrangements],
@@ -308,34 +335,51 @@ def run_gpg(
         },
         example_grid=pixels[0],
     )
-    for method in methods:
-        # The ids here only pick the graph with a class_ids input (K = 4); each call passes the
-        # grid's own classes, which override them.
-        explainer = factory(
-            os.fspath(model),
-            method=method,
-            classes=list(range(grids.CELLS)),
-            backend=backend,
-            var=True,
-            temperature=temperature,
-            tau=tau,
-            batch_size=batch_size,
-            **dict((method_options or {}).get(method, {})),
-        )
-        started = time.perf_counter()
-        base, var = run_method(explainer, inputs, class_ids, batch_size, progress, method)
-        seconds = time.perf_counter() - started
-        has_channels = base.ndim == 5
-        result.scores.append(
-            MethodScores(
-                method=method,
-                base=pointing_scores(base, prep.size, has_channels).ravel(),
-                var=pointing_scores(var, prep.size, has_channels).ravel(),
-                seconds=seconds,
-            )
-        )
-        result.example_maps[method] = (
-            metrics.channel_sum(base[0], spatial_ndim=2, has_channels=has_channels),
-            metrics.channel_sum(var[0], spatial_ndim=2, has_channels=has_channels),
-        )
-    return result
+
+
+def _explainer(
+    factory: Callable[..., Any],
+    model: str | os.PathLike[str],
+    method: str,
+    backend: str,
+    temperature: float,
+    tau: float,
+    batch_size: int,
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+) -> Any:
+    """The VAR explainer of one method, for graphs that take the grid's four class_ids as an input."""
+    # The ids here only pick the graph with a class_ids input (K = 4); each call passes the
+    # grid's own classes, which override them.
+    return factory(
+        os.fspath(model),
+        method=method,
+        classes=list(range(grids.CELLS)),
+        backend=backend,
+        var=True,
+        temperature=temperature,
+        tau=tau,
+        batch_size=batch_size,
+        **dict((method_options or {}).get(method, {})),
+    )
+
+
+def _method_scores(
+    method: str, base: np.ndarray, var: np.ndarray, input_hw: tuple[int, int], seconds: float
+) -> MethodScores:
+    """Per-cell pointing scores of one method's base and VAR attributions, grid-major."""
+    has_channels = base.ndim == 5
+    return MethodScores(
+        method=method,
+        base=pointing_scores(base, input_hw, has_channels).ravel(),
+        var=pointing_scores(var, input_hw, has_channels).ravel(),
+        seconds=seconds,
+    )
+
+
+def _example_maps(base: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first grid's channel-summed base and VAR maps, to draw."""
+    has_channels = base.ndim == 5
+    return (
+        metrics.channel_sum(base[0], spatial_ndim=2, has_channels=has_channels),
+        metrics.channel_sum(var[0], spatial_ndim=2, has_channels=has_channels),
+    )
