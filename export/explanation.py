@@ -16,7 +16,7 @@ from varrt.core.version import __version__
 from varrt.export.autodiff import backward
 from varrt.export.emitter import Emitter
 from varrt.export.methods import METHOD_TABLE, METHODS, Method
-from varrt.export.model_loading import Classifier, load_classifier, read_model
+from varrt.export.model_loading import Classifier, InputShape, format_input_shape, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
 from varrt.export.rules.context import Context
 from varrt.export.rules.separable import probe_matrix, separable_vjp
@@ -39,6 +39,7 @@ def explain_graph(
     classes: ClassesArg | None = None,
     seed: int = 0,
     batch: int | None = None,
+    input_shape: InputShape | None = None,
     name: str | None = None,
     target: str = "portable",
 ) -> onnx.ModelProto:
@@ -56,6 +57,9 @@ def explain_graph(
     the graph's name).
 
     ``batch`` fixes the image batch axis to that size (the model's is usually dynamic).
+    ``input_shape`` fixes the image input's dimensions, e.g. ``(1, 3, 224, 224)``; a dimension given
+    by name (``("N", 3, 224, 224)``) stays as the model has it. Models with dynamic height and width
+    need it.
     ``target`` picks the graph passes run after the backward (export/passes/): "portable" (none:
     for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
     with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX
@@ -73,13 +77,13 @@ def explain_graph(
     proto = read_model(model)
     if {o.name for o in proto.graph.output} >= {LOGITS, ATTRIBUTIONS}:
         raise UsageError(f"{name}: is already an explanation graph (it has '{ATTRIBUTIONS}')")
-    clf = load_classifier(proto, name, batch=batch)
+    clf = load_classifier(proto, name, batch=batch, input_shape=input_shape)
     builder = _Builder(clf, spec, seed)
     try:
         outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
                                 classes=chosen)
     except ModelError as error:  # rules name the node and op; the user also needs the file
-        raise type(error)(f"{name}: {error}") from error
+        raise type(error)(f"{name}: {error}{_size_hint(clf.data_input)}") from error
     if var:
         rank = len(_output_shape(ATTRIBUTIONS, clf, {"method": method}))
         outputs[VAR_ATTRIBUTIONS] = append_var(builder.em.tape, outputs[ATTRIBUTIONS], temperature=temperature,
@@ -87,7 +91,20 @@ def explain_graph(
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
                    var=var, temperature=temperature, tau=tau, var_scale=var_scale,
                    classes=chosen and chosen.text, batch=batch, target=target)
+    if input_shape is not None:
+        options["input_shape"] = format_input_shape(input_shape)
     return _finish(clf, outputs, options, "K" if chosen is None else chosen.k)
+
+
+def _size_hint(image: ir.Value) -> str:
+    """For a refusal on a model whose image height or width is dynamic: how to fix them."""
+    dims = list(image.shape or [])
+    if len(dims) < 4 or all(isinstance(d, int) for d in dims[2:]):
+        return ""
+    shown = [d if isinstance(d, int) else (str(d) if d.value is not None else "?") for d in dims]
+    wanted = "x".join(str(d) if isinstance(d, int) else "NCHW"[i] if i < 4 else f"D{i}" for i, d in enumerate(dims))
+    return (f" (input '{image.name}' has shape [{', '.join(map(str, shown))}]: its height and width must be fixed "
+            f"for this model; pass --input-shape {wanted} (explain_graph(input_shape=...)))")
 
 
 def _checked_method(method: str, target: str, batch: int | None) -> Method:

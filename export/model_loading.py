@@ -12,6 +12,7 @@ What comes out of ``load_classifier`` is a graph the rules can rely on:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,9 @@ _FOLDABLE = {"Constant", "ConstantOfShape", "Shape", "Size", "Gather", "Concat",
              "Expand", "Transpose", "Identity", "Floor", "Ceil", "ReduceProd", "Min", "Max", "Abs", "Not",
              "Tile", "Flatten", "Sqrt", "Reciprocal", "Pow"}
 _FOLD_LIMIT = 1 << 22  # elements; larger constant subgraphs are rare and left to the runtime
+
+# An image input's dims as users give them: a size fixes a dimension, a name leaves it dynamic.
+InputShape = Sequence[int | str]
 
 # Ops that only rearrange a tensor: walking back through them from a graph output finds a softmax.
 _LAYOUT_ONLY = {"Reshape", "Flatten", "Squeeze", "Identity", "Unsqueeze"}
@@ -58,9 +62,12 @@ def read_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise ModelError(f"{path}: not a readable ONNX model ({_first_line(error)})") from error
 
 
-def load_classifier(proto: onnx.ModelProto, name: str = "model", batch: int | None = None) -> Classifier:
+def load_classifier(proto: onnx.ModelProto, name: str = "model", batch: int | None = None,
+                    input_shape: InputShape | None = None) -> Classifier:
     """Check and normalise ``proto``; find its data input and logits. ``batch`` fixes the size of the
-    data input's batch axis (before shape inference, so every value's shape knows it)."""
+    data input's batch axis, ``input_shape`` (ints fix a dimension, names leave it as the model has
+    it) any of its dimensions; both before constant folding and shape inference, so every value's
+    shape knows them and shape arithmetic on them folds."""
     opset = _default_opset(proto, name)
     proto = _without_non_tensor_outputs(proto)
     try:
@@ -79,10 +86,16 @@ def load_classifier(proto: onnx.ModelProto, name: str = "model", batch: int | No
                 init.const_value.numpy()
         except Exception as error:
             raise ModelError(f"{name}: initializer '{init.name}' is unreadable: {_first_line(error)}") from error
+    _unknown_for_non_positive(model.graph)
+    wanted = _wanted_dims(batch, input_shape, name)
+    if wanted is not None and fix_input_dims(model.graph, wanted, name):
+        infer_shapes(model, name)  # so that Shape of every value on the fixed input's path folds
     fold_constants(model.graph)
     fold_pads_into_convs(model.graph)
-    if batch is not None:
-        _fix_batch(model.graph, batch, name)
+    if wanted is not None:
+        for node in model.graph:  # shapes inferred before folding keep the sizes folding removed
+            for value in node.outputs:
+                value.shape = None
     infer_shapes(model, name)
     data_input = _data_input(model.graph, name)
     logits = _logits_source(model.graph, name)
@@ -209,17 +222,70 @@ def _data_input(graph: ir.Graph, name: str) -> ir.Value:
     return floats[0]
 
 
-def _fix_batch(graph: ir.Graph, batch: int, name: str) -> None:
+def _wanted_dims(batch: int | None, input_shape: InputShape | None, name: str) -> list[int | str] | None:
+    """``batch`` and ``input_shape`` as one list of dims (a name: leave that dimension as it is)."""
+    if input_shape is None:
+        return None if batch is None else [batch]
+    if isinstance(input_shape, str) or not all(isinstance(d, (int, str)) and not isinstance(d, bool)
+                                               for d in input_shape):
+        raise UsageError(f"--input-shape must be a sequence of sizes or names, like (1, 3, 224, 224) "
+                         f"(got {input_shape!r})")
+    dims = list(input_shape)
+    bad = [d for d in dims if isinstance(d, int) and d < 1]
+    if bad:
+        raise UsageError(f"--input-shape {format_input_shape(dims)}: every size must be positive (got {bad[0]})")
+    if batch is not None and dims and isinstance(dims[0], int) and dims[0] != batch:
+        raise UsageError(f"--batch {batch} and --input-shape {format_input_shape(dims)} disagree on the batch axis")
+    if batch is not None and dims:
+        dims[0] = batch  # a name there leaves the batch axis to --batch
+    return dims
+
+
+def _unknown_for_non_positive(graph: ir.Graph) -> None:
+    """Input dims written as ``dim_value: -1`` or 0 (some converters' "dynamic") become unknown dims."""
+    for value in graph.inputs:
+        if value.shape is not None and any(isinstance(d, int) and d < 1 for d in value.shape):
+            value.shape = ir.Shape([ir.SymbolicDim(None) if isinstance(d, int) and d < 1 else d for d in value.shape])
+
+
+def format_input_shape(dims: Sequence[int | str]) -> str:
+    return "x".join(str(d) for d in dims)
+
+
+def fix_input_dims(graph: ir.Graph, wanted: Sequence[int | str], name: str) -> bool:
+    """Fix the image input's dimensions to the ints in ``wanted`` (a name leaves one as it is; a list
+    of one entry is the batch axis alone); whether any dimension changed. Shapes recorded against the
+    old dims are dropped, since inference would keep them."""
     image = _data_input(graph, name)
     dims = list(image.shape or [])
     if not dims:
-        raise ModelError(f"{name}: input '{image.name}' has no known rank, so its batch axis cannot be fixed")
-    if isinstance(dims[0], int) and dims[0] != batch:
-        raise UsageError(f"{name}: the batch axis of input '{image.name}' is fixed to {dims[0]}, not {batch}")
-    image.shape = ir.Shape([batch, *dims[1:]])
-    for node in graph:  # shapes recorded against the old batch axis would be kept by inference
+        raise ModelError(f"{name}: input '{image.name}' has no known rank, so its dimensions cannot be fixed")
+    given = format_input_shape(wanted)
+    if len(wanted) > 1 and len(wanted) != len(dims):
+        raise UsageError(f"{name}: --input-shape {given} has {len(wanted)} dimensions, but input '{image.name}' "
+                         f"has {len(dims)} ({_shape_text(dims)})")
+    new = list(dims)
+    for axis, (want, have) in enumerate(zip(wanted, dims)):
+        if isinstance(want, str):
+            continue
+        if isinstance(have, int) and have != want and len(wanted) == 1:
+            raise UsageError(f"{name}: the batch axis of input '{image.name}' is fixed to {have}, not {want}")
+        if isinstance(have, int) and have != want:
+            what = "the batch axis" if axis == 0 else "the channel count" if axis == 1 else f"dimension {axis}"
+            raise UsageError(f"{name}: --input-shape {given} sets {what} of input '{image.name}' to {want}, "
+                             f"but the model fixes it to {have} ({_shape_text(dims)})")
+        new[axis] = want
+    if new == dims:
+        return False
+    image.shape = ir.Shape(new)
+    for node in graph:
         for value in node.outputs:
             value.shape = None
+    return True
+
+
+def _shape_text(dims: Sequence[object]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
 def _logits_source(graph: ir.Graph, name: str) -> ir.Value:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -417,6 +418,23 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_input_shape(text: str) -> tuple[int | str, ...]:
+    """``--input-shape`` "1x3x224x224" or "Nx3x224x224": numbers fix a dimension, names keep it dynamic."""
+    parts = text.strip().split("x") if text.strip() else []
+    dims: list[int | str] = []
+    for part in parts:
+        if re.fullmatch(r"-?\d+", part):
+            dims.append(int(part))
+        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part) and part != "x":
+            dims.append(part)
+        else:
+            raise UsageError(f"--input-shape '{text}': expected sizes or names joined by 'x', like 1x3x224x224 "
+                             "or Nx3x224x224")
+    if not dims:
+        raise UsageError(f"--input-shape '{text}': expected sizes or names joined by 'x', like 1x3x224x224")
+    return tuple(dims)
+
+
 def _export_options(args: argparse.Namespace) -> dict[str, Any]:
     """explain_graph's keyword arguments from the command line."""
     options = _method_options(args)
@@ -424,6 +442,8 @@ def _export_options(args: argparse.Namespace) -> dict[str, Any]:
         options["classes"] = args.classes  # parsed by the exporter (varrt.core.classes)
     if args.batch is not None:
         options["batch"] = args.batch
+    if args.input_shape is not None:
+        options["input_shape"] = parse_input_shape(args.input_shape)
     options["target"] = args.target
     if args.var:
         options.update(var=True, temperature=args.temperature, tau=args.tau, var_scale=args.var_scale)
@@ -663,6 +683,9 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, metavar="B",
                         help="fix the image batch axis to B (default: the model's, usually dynamic). 1 is the "
                         "graph for ONNX Runtime on CPUs, one image per run (with --target onnxruntime-cpu)")
+    parser.add_argument("--input-shape", metavar="NxCxHxW",
+                        help="fix the image input's dimensions, e.g. 1x3x224x224; a dimension given by name "
+                        "(Nx3x224x224) stays dynamic. Needed for models exported with dynamic height and width")
     parser.add_argument("--target", choices=list(TARGETS), default="portable",
                         help="the runtime the graph is tuned for (default: portable, for TensorRT, CUDA or any "
                         "runtime; onnxruntime-cpu adds the graph passes measured on ONNX Runtime's CPU provider)")
