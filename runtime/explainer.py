@@ -106,6 +106,10 @@ class Explainer:
     out of range, and images containing NaN or Inf (they would turn whole maps into NaN; clean
     them first, e.g. with ``numpy.nan_to_num``).
 
+    A model whose image height and width (or channels) are dynamic gets one graph per image shape,
+    specialised by ``explain_graph(input_shape=...)`` and cached on disk per shape; those graphs are
+    built on the first call at each shape, so such a model's errors surface there.
+
     Thread safety: an Explainer may be called from several threads at once. Graphs and backends
     are built once under a lock; ONNX Runtime's ``InferenceSession.run`` is thread-safe, the CUDA
     backend makes one IOBinding per call, and the TensorRT backend serializes use of its single
@@ -145,12 +149,19 @@ class Explainer:
         _, self._device_id = parse_device(device)
         self.backend_name = choose_backend(backend, device)
         self._one_image = self.backend_name == "onnxruntime-cpu" and _takes_fixed_batch(method, self._model)
+        # A model whose image sizes are dynamic gets one graph per image shape, built on first use;
+        # an explicit input_shape method option fixes them once, like a static model.
+        self._dynamic_dims = None if "input_shape" in method_options else _dynamic_image_dims(self._model)
         logger.info("varrt: Explainer runs %s on backend %s", method, self.backend_name)
         self._lock = threading.Lock()
         self._backends: dict[str, Backend] = {}
         self.graph_paths: dict[str, Path] = {}
         self._stream: Any = None
         self.num_classes: int | None = None
+        if self._dynamic_dims is not None:
+            # No image size yet: graphs are built per image shape on each first call at that shape.
+            self.input_name = self._dynamic_dims[0]
+            return
         # Build the graph this spec needs now, so errors (bad model, too many classes) surface here.
         main = self._variant_backend(self.spec.rule or _FED)
         self.input_name = next(spec.name for spec in main.inputs if spec.name != CLASS_IDS)
@@ -191,7 +202,10 @@ class Explainer:
             ids = None
             assert self.spec.rule is not None
             variant = self.spec.rule
-        backend = self._variant_backend(variant)
+        shape = None
+        if self._dynamic_dims is not None:
+            images, shape = self._image_shape(images)
+        backend = self._variant_backend(variant, shape)
         images = self._check_images(images, backend)
         count = images.shape[0]
         if ids is not None and ids.shape[0] != count:
@@ -254,8 +268,9 @@ class Explainer:
         )
 
     # --- graphs and backends ----------------------------------------------------------------------
-    def graph_options(self, variant: str) -> dict[str, Any]:
-        """The ``explain_graph`` options of a graph variant (a class rule, or "class_ids")."""
+    def graph_options(self, variant: str, image_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
+        """The ``explain_graph`` options of a graph variant (a class rule, or "class_ids"); for a model
+        whose image sizes are dynamic, also of the image shape (C, H, W) it is built for."""
         options = dict(self.options.method_options)
         options["classes"] = None if variant == _FED else variant
         options["var"] = self.var_in_graph
@@ -266,16 +281,21 @@ class Explainer:
         if self.var_in_graph:
             options.update(temperature=self.options.temperature, tau=self.options.tau,
                            var_scale=self.options.var_scale)
+        if image_shape is not None:
+            assert self._dynamic_dims is not None
+            batch = options.get("batch", self._dynamic_dims[1])
+            options["input_shape"] = (batch, *image_shape)
         return options
 
-    def _variant_backend(self, variant: str) -> Backend:
-        backend = self._backends.get(variant)
+    def _variant_backend(self, variant: str, image_shape: tuple[int, int, int] | None = None) -> Backend:
+        key = _graph_key(variant, image_shape)
+        backend = self._backends.get(key)
         if backend is not None:
             return backend
         with self._lock:
-            backend = self._backends.get(variant)
+            backend = self._backends.get(key)
             if backend is None:
-                graph = self._graph(variant)
+                graph = self._graph(variant, image_shape)
                 if self.num_classes is None:
                     self.num_classes = _num_classes(graph)
                 # Before the backend loads: ids beyond the model's classes, fed at run time, fail
@@ -291,20 +311,20 @@ class Explainer:
                     **self._backend_options(variant),
                 )
                 backend.load()
-                self._backends[variant] = backend
+                self._backends[key] = backend
         return backend
 
-    def _graph(self, variant: str) -> onnx.ModelProto:
-        options = self.graph_options(variant)
+    def _graph(self, variant: str, image_shape: tuple[int, int, int] | None = None) -> onnx.ModelProto:
+        options = self.graph_options(variant, image_shape)
         key = graph_cache_key(self._model_bytes, self.method, options, __version__)
-        self.graph_paths[variant] = self._cache.path(key)
+        path = self.graph_paths[_graph_key(variant, image_shape)] = self._cache.path(key)
         graph = self._cache.load(key)
         if graph is not None:
-            logger.info("varrt: using cached explanation graph %s", self.graph_paths[variant])
+            logger.info("varrt: using cached explanation graph %s", path)
             return graph
         graph = explain_graph(self._model, self.method, name=self.name, **options)
         self._cache.store(key, graph)
-        logger.info("varrt: built explanation graph %s", self.graph_paths[variant])
+        logger.info("varrt: built explanation graph %s", path)
         return graph
 
     def _backend_options(self, variant: str) -> dict[str, Any]:
@@ -334,6 +354,22 @@ class Explainer:
         spec = next(spec for spec in backend.inputs if spec.name == self.input_name)
         fixed = spec.shape[0] if spec.shape else None
         return fixed if isinstance(fixed, int) and fixed > 0 else self.options.batch_size
+
+    def _image_shape(self, images: Any) -> tuple[Any, tuple[int, int, int]]:
+        """For a model with dynamic image sizes: the images (as an array) and the (C, H, W) their graph
+        is built for; the channel count must be the model's where it fixes one."""
+        if type(images).__module__.split(".")[0] != "cupy":
+            images = np.asarray(images)
+        if images.ndim != 4:
+            raise UsageError(f"images must be a batch [N, C, H, W], got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise UsageError("images is an empty batch")
+        assert self._dynamic_dims is not None
+        channels = self._dynamic_dims[2]
+        if channels is not None and images.shape[1] != channels:
+            raise UsageError(f"images have {images.shape[1]} channels, but input '{self.input_name}' of "
+                             f"{self.name} takes {channels} (shape {tuple(images.shape)})")
+        return images, (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
 
     def _check_images(self, images: Any, backend: Backend) -> Any:
         on_gpu = type(images).__module__.split(".")[0] == "cupy"
@@ -385,6 +421,30 @@ def _takes_fixed_batch(method: str, proto: onnx.ModelProto) -> bool:
     inputs = [value for value in proto.graph.input if value.name not in weights]
     dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
     return len(dims) > 0 and (not dims[0].HasField("dim_value") or dims[0].dim_value == 1)
+
+
+def _dynamic_image_dims(proto: onnx.ModelProto) -> tuple[str, int | str, int | None] | None:
+    """For a model whose image input (one 4-D float input) has a dynamic channel count, height or
+    width: its name, its batch dimension (a size, or a name that keeps it dynamic) and its channel
+    count where fixed; None otherwise (the graph is built as the model is)."""
+    weights = {init.name for init in proto.graph.initializer}
+    inputs = [value for value in proto.graph.input if value.name not in weights]
+    if len(inputs) != 1 or not inputs[0].type.tensor_type.HasField("shape"):
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 4 or all(dim.HasField("dim_value") and dim.dim_value > 0 for dim in dims[1:]):
+        return None
+    first = dims[0]
+    batch: int | str = first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else (
+        first.dim_param or "N")
+    channels = dims[1].dim_value if dims[1].HasField("dim_value") and dims[1].dim_value > 0 else None
+    return inputs[0].name, batch, channels
+
+
+def _graph_key(variant: str, image_shape: tuple[int, int, int] | None) -> str:
+    """Where a graph is kept in ``_backends`` and ``graph_paths``: its variant, and for a model with
+    dynamic image sizes the image shape too (``"top4+min@3x224x224"``)."""
+    return variant if image_shape is None else f"{variant}@{'x'.join(map(str, image_shape))}"
 
 
 def _read_model(model: Any, name: str | None) -> tuple[onnx.ModelProto, bytes, str]:
