@@ -34,11 +34,14 @@ import math
 import numpy as np
 import onnx_ir as ir
 from varrt.export.emitter import Emitter
-from varrt.export.passes.graph import inferred_shapes
+from varrt.export.passes.graph import const_ints, inferred_shapes, producer
 
 _SCALE = 2.0**100  # twice: lifts the smallest positive float, 2^-149, past 1
 _BIG = 2.0**120  # the bias outside the mask; twice of it is still finite
 _HIGH_RANGE = (2.0**-70, 2.0**27)  # (high - y) * 2^100 is >= 1 below high, finite at y = 0
+
+
+Mask = tuple[ir.Value, float, tuple[int, int, int] | None]  # y, high, phase (stride, r_h, r_w)
 
 
 class GuidedMasksAsBias(ir.passes.InPlacePass):
@@ -65,18 +68,15 @@ class GuidedMasksAsBias(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=changed)
 
 
-Mask = tuple[ir.Value, float, tuple[int, int, int] | None]  # y, high, phase (stride, r_h, r_w)
-
-
 def _guided_relu(mul: ir.Node) -> tuple[ir.Node, ir.Value, Mask] | None:
     """(the Reshape, the conv rows, the mask) when ``mul`` is a guided ReLU the bias form fits."""
     for a, b in (mul.inputs, tuple(reversed(mul.inputs))):
-        reshape, mask = _producer(a, "Reshape"), _mask(b) or _phase_mask(b)
+        reshape, mask = producer(a, "Reshape"), _mask(b) or _phase_mask(b)
         if reshape is None or mask is None:
             continue
-        relu = _producer(reshape.inputs[0], "Relu")
+        relu = producer(reshape.inputs[0], "Relu")
         rows = relu.inputs[0] if relu is not None else None
-        conv = _producer(rows, "Conv") or _producer(rows, "ConvTranspose")
+        conv = producer(rows, "Conv") or producer(rows, "ConvTranspose")
         if conv is None or len(rows.uses()) != 1 or len(reshape.outputs[0].uses()) != 1:  # type: ignore[union-attr]
             continue
         if _fits(mask[0], mask[1]):
@@ -86,13 +86,13 @@ def _guided_relu(mul: ir.Node) -> tuple[ir.Node, ir.Value, Mask] | None:
 
 def _phase_mask(value: ir.Value | None) -> Mask | None:
     """A mask's stride phase as export/passes/phases.py cuts it: Slice(SpaceToDepth(mask), block)."""
-    cut = _producer(value, "Slice")
-    stacked = _producer(cut.inputs[0], "SpaceToDepth") if cut is not None else None
+    cut = producer(value, "Slice")
+    stacked = producer(cut.inputs[0], "SpaceToDepth") if cut is not None else None
     whole = _mask(stacked.inputs[0]) if stacked is not None else None
     if whole is None or whole[0].shape is None or len(cut.inputs) != 4:  # type: ignore[union-attr]
         return None
     stride, channels = stacked.attributes.get_int("blocksize"), whole[0].shape[1]  # type: ignore[union-attr]
-    starts, ends, axes = (_ints(v) for v in cut.inputs[1:])  # type: ignore[union-attr]
+    starts, ends, axes = (const_ints(v) for v in cut.inputs[1:])  # type: ignore[union-attr]
     if axes != [1] or not isinstance(channels, int) or starts is None or ends is None \
             or starts[0] % channels or ends[0] - starts[0] != channels:
         return None
@@ -100,31 +100,20 @@ def _phase_mask(value: ir.Value | None) -> Mask | None:
     return whole[0], whole[1], (stride, r_h, r_w)
 
 
-def _ints(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.const_value is None:
-        return None
-    return [int(v) for v in value.const_value.numpy().reshape(-1)]
-
-
 def _mask(value: ir.Value | None) -> Mask | None:
     """(y, high) when ``value`` is Cast(Greater(y, 0)) or Cast(And(Greater(y, 0), Less(y, high)))."""
-    cast = _producer(value, "Cast")
+    cast = producer(value, "Cast")
     inner = cast.inputs[0] if cast is not None else None
-    if (both := _producer(inner, "And")) is not None:
-        above, below = _producer(both.inputs[0], "Greater"), _producer(both.inputs[1], "Less")
+    if (both := producer(inner, "And")) is not None:
+        above, below = producer(both.inputs[0], "Greater"), producer(both.inputs[1], "Less")
         if above is None or below is None or above.inputs[0] is not below.inputs[0]:
             return None
         high = _scalar(below.inputs[1])
         return (above.inputs[0], high, None) if _scalar(above.inputs[1]) == 0.0 and high is not None else None  # type: ignore[return-value]
-    above = _producer(inner, "Greater")
+    above = producer(inner, "Greater")
     if above is None or _scalar(above.inputs[1]) != 0.0:
         return None
     return above.inputs[0], math.inf, None  # type: ignore[return-value]
-
-
-def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
-    node = value.producer() if value is not None else None
-    return node if node is not None and node.op_type == op_type else None
 
 
 def _scalar(value: ir.Value | None) -> float | None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import onnx_ir as ir
 
 
@@ -20,9 +18,14 @@ def static_tail(value: ir.Value | None) -> tuple[int, ...] | None:
     return tail if all(isinstance(d, int) for d in tail) else None  # type: ignore[return-value]
 
 
-_counter = itertools.count()
+def producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    """The node that computes ``value``, when it is an ``op_type`` node."""
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type else None
 
 
-def fresh_name(graph: ir.Graph, base: str | None) -> str:
-    """A node name for a rewrite of the node ``base`` (onnx-ir allows repeats; readers like unique)."""
-    return f"{base or 'node'}_varrt{next(_counter)}"
+def const_ints(value: ir.Value | None) -> list[int] | None:
+    """A constant operand as a flat list of ints; None when it is not a constant."""
+    if value is None or value.const_value is None:
+        return None
+    return [int(v) for v in value.const_value.numpy().reshape(-1)]

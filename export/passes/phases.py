@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 from varrt.export.emitter import Emitter
-from varrt.export.passes.graph import inferred_shapes
+from varrt.export.passes.graph import const_ints, inferred_shapes, producer
 from varrt.export.rules.linear import flipped_transposed
 
 _NARROW_DENSE = 16  # ONNX Runtime MLAS's NCHWc channel block
@@ -185,16 +185,14 @@ def _phase_shape(em: Emitter, node: ir.Node, spatial: tuple[int, int], s: int) -
     if shape is None or node.attributes.get_int("allowzero", False):
         return None
     phase = [spatial[0] // s, spatial[1] // s]
-    if shape.const_value is not None:
-        values = [int(v) for v in shape.const_value.numpy().reshape(-1)]
+    if (values := const_ints(shape)) is not None:
         if values[-2:] != list(spatial) or 0 in values[-2:]:
             return None
         return em.ints(values[:-2] + phase), len(values)
-    concat = shape.producer()
-    if concat is None or concat.op_type != "Concat" or any(v is None or v.shape is None for v in concat.inputs):
+    concat = producer(shape, "Concat")
+    if concat is None or any(v is None or v.shape is None for v in concat.inputs):
         return None
-    tail = concat.inputs[-1].const_value  # type: ignore[union-attr]
-    values = [] if tail is None else [int(v) for v in tail.numpy().reshape(-1)]
+    values = const_ints(concat.inputs[-1]) or []
     lengths = [v.shape[0] for v in concat.inputs]  # type: ignore[union-attr, index]
     if values[-2:] != list(spatial) or not all(isinstance(n, int) for n in lengths):
         return None

@@ -18,7 +18,7 @@ result is bit-identical (tests/export/test_passes.py checks that on every rule g
 from __future__ import annotations
 
 import onnx_ir as ir
-from varrt.export.passes.graph import inferred_shapes, static_tail
+from varrt.export.passes.graph import inferred_shapes, producer, static_tail
 
 
 class SinkReshapes(ir.passes.InPlacePass):
@@ -37,9 +37,8 @@ class SinkReshapes(ir.passes.InPlacePass):
 
 
 def _reshaped(value: ir.Value | None) -> ir.Node | None:
-    node = value.producer() if value is not None else None
-    return node if node is not None and node.op_type == "Reshape" and not node.attributes.get_int("allowzero", False) \
-        else None
+    node = producer(value, "Reshape")
+    return node if node is not None and not node.attributes.get_int("allowzero", False) else None
 
 
 def _rewrite(graph: ir.Graph, node: ir.Node) -> bool:
