@@ -31,6 +31,7 @@ import numpy as np
 import onnxruntime
 from varrt import images as varrt_images
 from varrt.bench import grids, metrics
+from varrt.bench.explainers import fed_ids_explainer
 from varrt.core.defaults import TAU, TEMPERATURE
 from varrt.core.errors import UsageError, VarrtError
 from varrt.explainer import Explainer
@@ -291,7 +292,8 @@ def run_gpg(
     inputs, class_ids, pixels = build_grids(cells, arrangements, prep)
     result = _result(model, cells, arrangements, pixels, temperature, tau, backend, method_options)
     for method in methods:
-        explainer = _explainer(factory, model, method, backend, temperature, tau, batch_size, method_options)
+        explainer = fed_ids_explainer(factory, model, method, grids.CELLS, backend, temperature, tau, batch_size,
+                                      method_options)
         started = time.perf_counter()
         base, var = run_method(explainer, inputs, class_ids, batch_size, progress, method)
         seconds = time.perf_counter() - started
@@ -336,31 +338,6 @@ def _result(
         example_grid=pixels[0],
     )
 
-
-def _explainer(
-    factory: Callable[..., Any],
-    model: str | os.PathLike[str],
-    method: str,
-    backend: str,
-    temperature: float,
-    tau: float,
-    batch_size: int,
-    method_options: Mapping[str, Mapping[str, Any]] | None,
-) -> Any:
-    """The VAR explainer of one method, for graphs that take the grid's four class_ids as an input."""
-    # The ids here only pick the graph with a class_ids input (K = 4); each call passes the
-    # grid's own classes, which override them.
-    return factory(
-        os.fspath(model),
-        method=method,
-        classes=list(range(grids.CELLS)),
-        backend=backend,
-        var=True,
-        temperature=temperature,
-        tau=tau,
-        batch_size=batch_size,
-        **dict((method_options or {}).get(method, {})),
-    )
 
 
 def _method_scores(

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 from varrt.bench import metrics
+from varrt.bench.explainers import fed_ids_explainer
 from varrt.core.classes import parse_classes, select_classes
 from varrt.core.defaults import TAU, TEMPERATURE
 from varrt.core.errors import UsageError, VarrtError
@@ -358,7 +359,8 @@ def run_insertion_deletion(
     factory = explainer_factory or Explainer
     total = len(methods) * len(inputs)
     for index, method in enumerate(methods):
-        explainer = _explainer(factory, model, method, run, backend, temperature, tau, batch_size, method_options)
+        explainer = fed_ids_explainer(factory, model, method, run.class_ids.shape[1], backend, temperature, tau,
+                                      batch_size, method_options)
         done = functools.partial(_report_image, progress, index * len(inputs), total, method)
         result.methods.append(_method_curves(explainer, method, run, ranking, batch_size, done))
     return result
@@ -458,31 +460,6 @@ def _result(
         settings=settings,
     )
 
-
-def _explainer(
-    factory: Callable[..., Any],
-    model: str | os.PathLike[str],
-    method: str,
-    run: _Run,
-    backend: str,
-    temperature: float,
-    tau: float,
-    batch_size: int,
-    method_options: Mapping[str, Mapping[str, Any]] | None,
-) -> Any:
-    """The VAR explainer of one method, for graphs that take class_ids as an input."""
-    # The ids here only pick the graph with a class_ids input; each call passes its own.
-    return factory(
-        os.fspath(model),
-        method=method,
-        classes=list(range(run.class_ids.shape[1])),
-        backend=backend,
-        var=True,
-        temperature=temperature,
-        tau=tau,
-        batch_size=batch_size,
-        **dict((method_options or {}).get(method, {})),
-    )
 
 
 def _report_image(progress: Progress, done_before: int, total: int, method: str, n: int) -> None:
