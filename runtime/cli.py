@@ -173,7 +173,7 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
         raise
     write_report(job.out)
     if not job.quiet:
-        _print_summaries(job, summaries, explainer.backend_name, stdout if stdout is not None else sys.stdout)
+        _print_summaries(job, summaries, backend, stdout if stdout is not None else sys.stdout)
     return summaries
 
 
@@ -317,8 +317,9 @@ def _ray_settings(args: argparse.Namespace) -> RaySettings | None:
         if given:
             raise UsageError(f"{', '.join(given)}: for runs on Ray only (add --ray)")
         return None
-    return RaySettings(address=args.ray or None, actors=args.actors or 1, cpus_per_actor=args.cpus_per_actor,
-                       gpus_per_actor=args.gpus_per_actor or 0.0)
+    return RaySettings(address=args.ray or None, actors=1 if args.actors is None else args.actors,
+                       cpus_per_actor=args.cpus_per_actor,
+                       gpus_per_actor=0.0 if args.gpus_per_actor is None else args.gpus_per_actor)
 
 
 def _size(values: list[int] | None) -> tuple[int, int] | None:

@@ -151,6 +151,7 @@ class _ExplainActor:
         self.explainer = Explainer.from_options(model, options, name=name,
                                                 backend_options={"threads": threads} if cpu else None)
         self.options, self.prep, self.labels, self.maps = options, prep, labels, maps
+        self._ranks: dict[str, int] = {}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         sources = [str(path) for path in batch["path"]]
@@ -161,38 +162,54 @@ class _ExplainActor:
             pixels = [pipeline.decode(source, self.prep) for source in sources]
         outcomes = pipeline.explain_pixels(sources, stems, pixels, self.explainer, self.prep, self.labels)
         table = pa.Table.from_pylist([pipeline.result_row(o, self.options) for o in outcomes], schema=SCHEMA)
-        return _with_maps(table, outcomes) if self.maps else table
+        if not self.maps:
+            return table
+        for name in MAP_COLUMNS:
+            table = table.append_column(name, self._map_column(name, outcomes))
+        return table
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         """A decoded image resized and cropped like a file (``varrt.images.load_pixels``)."""
         mode = "RGB" if self.prep.channels == 3 else "L"
         return np.asarray(fit(Image.fromarray(np.asarray(image)).convert(mode), self.prep.size, self.prep.resize))
 
+    def _map_column(self, name: str, outcomes: Sequence[pipeline.Outcome]) -> Any:
+        """A Ray tensor column: one map per image, an empty array of the same rank on error rows
+        (Ray's tensor columns hold no nulls its NumPy batches can read)."""
+        from ray.data.extensions import ArrowTensorArray  # a ray module: this code runs in Ray actors
 
-def _with_maps(table: pa.Table, outcomes: Sequence[pipeline.Outcome]) -> pa.Table:
-    """``table`` with the ``MAP_COLUMNS`` as Ray tensor columns (empty arrays on error rows)."""
-    from ray.data.extensions import ArrowTensorArray  # a ray module: this code runs in Ray actors
-
-    def column(get: Any) -> Any:
-        values = [get(o) if isinstance(o, pipeline.Explained) else None for o in outcomes]
-        empty = np.zeros((0,), np.float32)
-        arrays = [np.asarray(v) if v is not None else empty for v in values]
-        if all(a.shape == arrays[0].shape and a.dtype == arrays[0].dtype for a in arrays):
-            return ArrowTensorArray.from_numpy(np.stack(arrays))
+        arrays = [_map(name, o) if isinstance(o, pipeline.Explained) else None for o in outcomes]
+        if all(a is not None for a in arrays):
+            return ArrowTensorArray.from_numpy(np.stack(arrays))  # type: ignore[arg-type]
+        empty = np.zeros((0,) * self._rank(name, outcomes), np.float32)
         holder = np.empty(len(arrays), dtype=object)
-        holder[:] = arrays
+        holder[:] = [a if a is not None else empty for a in arrays]
         return ArrowTensorArray.from_numpy(holder)
 
-    getters = {
-        "attributions": lambda o: o.attributions.astype(np.float32),
-        "var": lambda o: None if o.var is None else o.var.astype(np.float32),
-        "all_logits": lambda o: o.logits.astype(np.float32),
-        "all_probabilities": lambda o: o.probabilities,
-        "pixels": lambda o: o.pixels,
-    }
-    for name in MAP_COLUMNS:
-        table = table.append_column(name, column(getters[name]))
-    return table
+    def _rank(self, name: str, outcomes: Sequence[pipeline.Outcome]) -> int:
+        """The rank of column ``name``'s maps: from an explained image of this batch, or of a black
+        image explained once when a batch has none (every image in it failed)."""
+        if name not in self._ranks:
+            explained = [o for o in outcomes if isinstance(o, pipeline.Explained)]
+            if not explained:
+                black = np.zeros((*self.prep.size, 3) if self.prep.channels == 3 else self.prep.size, np.uint8)
+                explained = [o for o in pipeline.explain_pixels(["black"], ["black"], [black], self.explainer,
+                                                                self.prep, self.labels)
+                             if isinstance(o, pipeline.Explained)]
+            self._ranks.update({column: _map(column, explained[0]).ndim for column in MAP_COLUMNS} if explained
+                               else dict.fromkeys(MAP_COLUMNS, 1))
+        return self._ranks[name]
+
+
+def _map(name: str, image: pipeline.Explained) -> np.ndarray:
+    """Column ``name`` of ``MAP_COLUMNS`` for an explained image (``var`` empty without VAR)."""
+    if name == "attributions":
+        return image.attributions.astype(np.float32)
+    if name == "var":
+        return (image.var if image.var is not None else np.zeros((0,) * image.attributions.ndim)).astype(np.float32)
+    if name == "all_logits":
+        return image.logits.astype(np.float32)
+    return image.probabilities if name == "all_probabilities" else image.pixels
 
 
 # --- varrt explain --ray --------------------------------------------------------------------------
