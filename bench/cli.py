@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 from varrt import data, images
-from varrt.bench import gpg, grids, insertion_deletion, plots, sanity, speed
+from varrt.bench import gpg, grids, insertion_deletion, plots, sanity, scale, speed
 from varrt.core import defaults
 from varrt.core.errors import UsageError, VarrtError
 from varrt.export.model_loading import read_model
@@ -391,7 +391,33 @@ def add_parser(subparsers: Any, parent: argparse.ArgumentParser | None = None) -
     p.set_defaults(run=run_speed_command)
 
     _add_deletion_parser(commands, parents)
+    _add_scale_parser(commands, parents)
     return bench
+
+
+def _add_scale_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
+    p = commands.add_parser(
+        "scale", parents=parents, help="images/s of varrt explain: one process vs Ray with 1 and 2 actors",
+        description="Images per second of the `varrt explain` command line in one process, on Ray with 1 actor "
+        "and on Ray with 2 actors, all on the same total threads, side by side in alternating rounds, over the "
+        "bundled photos repeated to --count images; reports each flow's ratio to the single process and checks "
+        "that their results.parquet rows are the same.",
+    )
+    p.add_argument("model", nargs="?", metavar="MODEL.onnx", help="ONNX image classifier (default: the bundled "
+                   "EfficientNet-Lite0)")
+    p.add_argument("--images", nargs="+", metavar="PATH", help="folders or files of photos (default: the bundled ones)")
+    p.add_argument("--count", type=int, default=200, help="images per run: the photos repeated (default: %(default)s)")
+    p.add_argument("--method", default="gradient", help="attribution method (default: %(default)s)")
+    p.add_argument("--classes", default=defaults.CLASSES, help="class rule (default: %(default)s)")
+    p.add_argument("--save", choices=("all", "var", "summary"), default="summary",
+                   help="what each run writes besides results.parquet (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=2, help="timed runs of each flow, alternating (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="total threads of every flow (default: the physical cores)")
+    p.add_argument("--no-ray", action="store_true", help="time the single process only")
+    p.add_argument("--out", default=os.path.join(DEFAULT_OUT, "scale"), metavar="DIR",
+                   help="folder for scale.json (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_scale_command)
 
 
 def _add_deletion_parser(commands: Any, parents: list[argparse.ArgumentParser]) -> None:
@@ -559,6 +585,30 @@ def run_speed_command(args: argparse.Namespace) -> int:
     if plots is not None:
         written.append(plots.speed_bars(report, out / "speed.png"))
     print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def run_scale_command(args: argparse.Namespace) -> int:
+    if args.rounds < 1 or (args.threads is not None and args.threads < 1):
+        raise UsageError("--rounds and --threads must be at least 1")
+    model = _model_path(args)
+    photos = _image_paths(args)
+    out = _out_dir(args.out)
+    progress = _ProgressAdapter("scale", enabled=False if args.quiet else None)
+    report = scale.run_scale(model, photos, count=args.count, method=args.method, classes=args.classes,
+                             save=args.save, rounds=args.rounds, threads=args.threads, ray=not args.no_ray,
+                             progress=progress)
+    progress.close()
+    settings = report["settings"]
+    print(f"scale: {settings['images']} images, {settings['method']} {settings['classes']}, --save {settings['save']}, "
+          f"{settings['threads']} threads in every flow, best of {settings['rounds']} alternating rounds"
+          f" ({settings['cpu_count']} CPUs)")
+    print(format_table(*scale.table(report)))
+    if report["ray_skipped"]:
+        print(f"skipped Ray: {report['ray_skipped']}")
+    elif report["ray_start_s"]:
+        print(f"Ray cluster start-up (not timed): {report['ray_start_s']:.1f} s")
+    print("wrote " + str(_write_json(report, out, "scale.json")))
     return 0
 
 
