@@ -47,7 +47,7 @@ from varrt.results import SCHEMA
 if TYPE_CHECKING:
     import ray.data
 
-__all__ = ["MAP_COLUMNS", "RaySettings", "explain_dataset", "explain_paths"]
+__all__ = ["MAP_COLUMNS", "RaySettings", "explain_dataset"]
 
 #: The tensor columns ``maps=True`` adds: the maps, and what ``varrt explain`` draws and saves
 #: with them. Error rows hold empty (size 0) arrays there.

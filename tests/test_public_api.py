@@ -23,6 +23,7 @@ ALL = {
     "varrt": ["Explainer", "Explanation", "__version__"],
     "varrt.export": ["METHODS", "explain_graph"],
     "varrt.kernels": ["append_var", "var_maps"],
+    "varrt.ray": ["MAP_COLUMNS", "RaySettings", "explain_dataset"],  # needs the `ray` extra only when called
 }
 
 METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad", "gradcam",
@@ -46,6 +47,7 @@ README_NAMES = {
     "varrt.export.tensorrt_support.tensorrt_problems",
     "varrt.kernels.var_maps",
     "varrt.bench.speed_reference",
+    "varrt.ray.explain_dataset",
 }
 
 EXPLANATION_FIELDS = {
