@@ -14,12 +14,11 @@ from varrt.core.defaults import TAU, TEMPERATURE, VAR_SCALE
 from varrt.core.errors import ModelError, UsageError
 from varrt.core.version import __version__
 from varrt.export.autodiff import backward
+from varrt.export.cams import class_activation_map
 from varrt.export.emitter import Emitter
 from varrt.export.methods import METHOD_TABLE, METHODS, Method
 from varrt.export.model_loading import Classifier, InputShape, format_input_shape, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
-from varrt.export.rules.context import Context
-from varrt.export.rules.separable import probe_matrix, separable_vjp
 from varrt.kernels.var_graph import append_var
 
 
@@ -40,6 +39,7 @@ def explain_graph(
     seed: int = 0,
     batch: int | None = None,
     input_shape: InputShape | None = None,
+    mask_batch: int | None = None,
     name: str | None = None,
     target: str = "portable",
 ) -> onnx.ModelProto:
@@ -71,6 +71,7 @@ def explain_graph(
     >>> logits, maps = session.run(None, {"input": images, "class_ids": ids})  # doctest: +SKIP
     """
     spec = _checked_method(method, target, batch)
+    _check_mask_batch(method, mask_batch)
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
     name = name or (str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model"))
     chosen = None if classes is None else parse_classes(classes, var=var)
@@ -81,7 +82,7 @@ def explain_graph(
     builder = _Builder(clf, spec, seed)
     try:
         outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                                classes=chosen)
+                                mask_batch=mask_batch, classes=chosen)
     except ModelError as error:  # rules name the node and op; the user also needs the file
         raise type(error)(f"{name}: {error}{_size_hint(clf.data_input)}") from error
     if var:
@@ -93,6 +94,8 @@ def explain_graph(
                    classes=chosen and chosen.text, batch=batch, target=target)
     if input_shape is not None:
         options["input_shape"] = format_input_shape(input_shape)
+    if mask_batch is not None:
+        options["mask_batch"] = mask_batch
     return _finish(clf, outputs, options, "K" if chosen is None else chosen.k)
 
 
@@ -122,6 +125,15 @@ def _checked_method(method: str, target: str, batch: int | None) -> Method:
     return spec
 
 
+def _check_mask_batch(method: str, mask_batch: int | None) -> None:
+    if mask_batch is None:
+        return
+    if method != "scorecam":
+        raise UsageError(f"--mask-batch applies to scorecam only (method {method})")
+    if isinstance(mask_batch, bool) or not isinstance(mask_batch, int) or mask_batch < 1:
+        raise UsageError(f"--mask-batch must be a positive integer (got {mask_batch!r})")
+
+
 def _check_options(**values: float) -> None:
     for key in ("steps", "samples"):
         if int(values[key]) < 1:
@@ -141,7 +153,8 @@ class _Builder:
         self.image = clf.data_input
         self.wrt = clf.data_input  # what the backward differentiates: the batched image, if batched
 
-    def build(self, *, layer, steps, baseline, samples, noise, classes: ClassSpec | None) -> dict[str, ir.Value]:
+    def build(self, *, layer, steps, baseline, samples, noise, mask_batch,
+              classes: ClassSpec | None) -> dict[str, ir.Value]:
         em, spec = self.em, self.spec
         image = self.image
         blocks, block_weights = 1, np.ones(1)
@@ -157,7 +170,9 @@ class _Builder:
         outputs = {LOGITS: logits, CLASS_IDS: class_ids}
 
         if spec.cam:
-            cam = self._gradcam(seed, layer)  # [K, N, H, W]
+            cam = class_activation_map(em, self.graph, spec.cam, image=image, logits=logits_all, seed=seed,
+                                       num_classes=self._num_classes(logits), layer=layer,
+                                       mask_batch=mask_batch)  # [K, N, H, W]
             if spec.modified:
                 guided = backward(em, {logits_all: seed}, [image], modified_backward=spec.modified)[0]
                 cam = em.Mul(guided, em.unsqueeze(cam, [2]))
@@ -265,68 +280,6 @@ class _Builder:
         em = self.em
         scaled = em.Mul(em.unsqueeze(seed, [1]), em.const(weights.reshape(1, -1, 1, 1).astype(np.float32)))
         return em.Reshape(scaled, em.ints([0, -1, self._num_classes(seed)]))
-
-    def _gradcam(self, seed: ir.Value, layer: str | None) -> ir.Value:
-        em = self.em
-        feature = _feature_map(self.graph, self.image, self.clf.logits_source, layer)
-        grad = backward(em, {self.logits_all: seed}, [feature])[0]  # [K, N, C, h, w]
-        weights = em.reduce_mean(grad, [3, 4], keepdims=True)
-        cam = em.Relu(em.reduce_sum(em.Mul(weights, feature), [2], keepdims=False))  # [K, N, h, w]
-        h, w = [int(d) for d in feature.shape[2:]]  # type: ignore[index,arg-type]
-        height, width = [int(d) for d in self.image.shape[2:]]  # type: ignore[index,arg-type]
-        up = [_bilinear_matrix(h, height), _bilinear_matrix(w, width)]
-        # separable_vjp applies A_h^T . g . A_w; the forward upsample is U_h . cam . U_w^T
-        return separable_vjp(Context(em), cam, [up[0].T.copy(), up[1].T.copy()])
-
-
-def _feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str | None) -> ir.Value:
-    """The Grad-CAM layer: named, or the last rank-4 map with H*W > 1 between image and logits."""
-    values = {v.name: v for node in graph for v in node.outputs}
-    if layer is not None:
-        if layer not in values:
-            raise UsageError(f"--layer '{layer}' names no value of the model")
-        chosen = values[layer]
-        if chosen.shape is None or len(chosen.shape) != 4:
-            raise UsageError(f"--layer '{layer}' is not a [N, C, H, W] feature map (shape {chosen.shape})")
-        return chosen
-    depends = {image}
-    candidates = []
-    for node in graph:
-        if any(v in depends for v in node.inputs if v is not None):
-            for v in node.outputs:
-                depends.add(v)
-                dims = list(v.shape) if v.shape is not None else []
-                if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) and int(dims[2]) * int(dims[3]) > 1:  # type: ignore[arg-type]
-                    candidates.append(v)
-    upstream = _ancestors(logits)
-    candidates = [v for v in candidates if v in upstream]
-    if not candidates:
-        raise ModelError("no spatial feature map [N, C, H, W] with H*W > 1 leads to the logits: pass --layer")
-    return candidates[-1]
-
-
-def _ancestors(value: ir.Value) -> set[ir.Value]:
-    seen, stack = {value}, [value]
-    while stack:
-        node = stack.pop().producer()
-        if node is None:
-            continue
-        for v in node.inputs:
-            if v is not None and v not in seen:
-                seen.add(v)
-                stack.append(v)
-    return seen
-
-
-def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """[size_out, size_in]: bilinear upsampling with half-pixel centres (align_corners=False)."""
-    def make(axis: int, spatial_rank: int, in_size: int):
-        sizes = onnx.numpy_helper.from_array(np.array([in_size, 1, size_out], np.int64), "sizes")
-        node = onnx.helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
-                            coordinate_transformation_mode="half_pixel")
-        return node, [sizes]
-
-    return probe_matrix(make, 0, 1, size_in, 13)
 
 
 def _rename_reserved(graph: ir.Graph) -> None:

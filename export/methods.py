@@ -15,7 +15,7 @@ class Method:
     modified: str | None = None  # a modified backward of the rule table's families ("guided")
     batching: str | None = None  # "interpolate" (integrated gradients) or "noise" (SmoothGrad)
     times_input: bool = False  # multiply by (input - baseline)
-    cam: bool = False  # Grad-CAM at a feature map; with `guided`, times guided backprop
+    cam: str | None = None  # a CAM of export/cams.py at a feature map; with `guided`, times guided backprop
     description: str = ""
 
 
@@ -26,10 +26,17 @@ METHOD_TABLE: dict[str, Method] = {
     "integrated_gradients": Method(batching="interpolate", times_input=True,
                                    description="mean gradient on the path from a baseline, times (input - baseline)"),
     "smoothgrad": Method(batching="noise", description="mean gradient over noisy copies of the input"),
-    "gradcam": Method(cam=True, description="ReLU of the gradient-weighted last feature map, upsampled"),
-    "guided_gradcam": Method(modified="guided", cam=True, description="guided backprop times Grad-CAM"),
+    "gradcam": Method(cam="gradcam", description="ReLU of the gradient-weighted last feature map, upsampled"),
+    "guided_gradcam": Method(modified="guided", cam="gradcam", description="guided backprop times Grad-CAM"),
     "deconvolution": Method(modified="deconvolution",
                             description="gradient with ReLUs applied to the backward signal (Zeiler & Fergus)"),
+    "gradcam_plus_plus": Method(cam="gradcam_plus_plus",
+                                description="Grad-CAM with second- and third-order gradient weights"),
+    "xgradcam": Method(cam="xgradcam", description="Grad-CAM weighted by gradient x activation / activation sum"),
+    "layercam": Method(cam="layercam", description="per-position ReLU(gradient) x activation, summed over channels"),
+    "hirescam": Method(cam="hirescam", description="per-position gradient x activation, summed over channels"),
+    "scorecam": Method(cam="scorecam", description="forward-only: channels weighted by the softmax of the class "
+                       "score of the image masked by each channel"),
 }
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
