@@ -24,20 +24,22 @@ from typing import Any
 import numpy as np
 import onnx
 from tqdm import tqdm
-from varrt import audit, data, triton
+from varrt import audit, data, pipeline, triton
 from varrt.bench import cli as bench_cli
 from varrt.core import defaults
 from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS
 from varrt.core.errors import UsageError, VarrtError
 from varrt.core.options import ExplainOptions
 from varrt.core.version import __version__
-from varrt.explainer import Explainer, Explanation
+from varrt.explainer import Explainer
 from varrt.export import METHODS, explain_graph
 from varrt.export.model_loading import read_model
 from varrt.export.passes import TARGETS
 from varrt.files import atomic_path
-from varrt.images import Preprocessing, check_readable, iter_batches, preprocessing_for
+from varrt.images import preprocessing_for
 from varrt.overlay import explanation_figure, short_label
+from varrt.pipeline import Explained, Outcome
+from varrt.ray import RaySettings, explain_paths
 from varrt.report import REPORT_NAME, write_report
 from varrt.results import RESULTS_NAME, ResultsWriter
 
@@ -98,22 +100,13 @@ def _output_stems(paths: Sequence[Path]) -> list[str]:
 def _read_labels(spec: str | None, model: onnx.ModelProto) -> list[str] | None:
     """Class names from ``--labels FILE`` or ``imagenet``; else ImageNet's if the model says so."""
     if spec is None:
-        metadata = {p.key: p.value for p in model.metadata_props}
-        return list(data.imagenet_labels()) if metadata.get("varrt.labels") == "imagenet" else None
+        return pipeline.model_labels(model)
     if spec == "imagenet":
         return list(data.imagenet_labels())
     try:
         return Path(spec).read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise VarrtError(f"cannot read labels file {spec}: {error.strerror or error}") from error
-
-
-def _numpy(array: Any) -> Any:
-    """Host copy of a backend array (CuPy arrays have ``get``); None stays None."""
-    if array is None:
-        return None
-    getter = getattr(array, "get", None)
-    return np.asarray(getter() if callable(getter) else array)
 
 
 # --- explain / demo -------------------------------------------------------------------------------
@@ -134,28 +127,13 @@ class ExplainJob:
     overlays: bool = True
     quiet: bool = False
     save: str = "all"
+    ray: RaySettings | None = None  # --ray: run on Ray Data actors instead of in this process
 
     def __post_init__(self) -> None:
         if self.save not in SAVE_CHOICES:
             raise UsageError(f"--save must be one of {', '.join(SAVE_CHOICES)}, got {self.save!r}")
         if self.save == "var" and not self.options.var:
             raise UsageError("--save var keeps only the VAR maps, but --no-var computes none")
-
-
-@dataclass
-class _Explained:
-    """One image's explanation, on the host: what its .npz and .png are made of."""
-
-    source: Path
-    stem: str
-    pixels: np.ndarray
-    class_ids: np.ndarray
-    names: list[str]
-    probabilities: np.ndarray  # over all classes
-    top_name: str  # of the most likely class, explained or not
-    logits: np.ndarray
-    attributions: np.ndarray
-    var: np.ndarray | None
 
 
 def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
@@ -167,20 +145,32 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
     model = read_model(job.model)
     prep = preprocessing_for(model, preset_name=job.preset, mean=job.mean, std=job.std, size=job.size)
     labels = _read_labels(job.labels, model)
-    # Fail on a bad image or an unwritable --out before the (slow) graph build and before any
-    # output is written.
+    # Fail on an unwritable --out before the (slow) graph build and before any output is written;
+    # an image that cannot be read becomes its error row instead.
     check_writable_dir(job.out)
-    check_readable(job.images)
-    explainer = Explainer.from_options(model, job.options, name=str(job.model))
+    stems = _output_stems(job.images)
+    if job.ray is not None:
+        backend, rows = explain_paths(job.model, [str(p) for p in job.images], stems, job.options,
+                                                prep, labels, job.ray, maps=job.save != "summary")
+    else:
+        explainer = Explainer.from_options(model, job.options, name=str(job.model))
+        backend, rows = explainer.backend_name, _local_rows(job, explainer, prep, labels, stems)
+    created = not job.out.exists()
     job.out.mkdir(parents=True, exist_ok=True)
     summaries: list[dict[str, Any]] = []
-    results = ResultsWriter(job.out / RESULTS_NAME, _run_record(job, explainer.backend_name))
-    with results, _progress_bar(len(job.images), job.options.method, job.quiet) as bar:
-        for image in _explain_images(job, explainer, prep, labels):
-            outputs = _write_outputs(job, image)
-            results.add(_result_row(job, image))
-            summaries.append(_summary(image, outputs))
-            bar.update(1)
+    try:
+        with ResultsWriter(job.out / RESULTS_NAME, _run_record(job, backend)) as results, \
+                _progress_bar(len(job.images), job.options.method, job.quiet) as bar:
+            for row, image in rows:
+                outputs = _write_outputs(job, image) if image is not None else []
+                results.add(row)
+                summaries.append(_summary(row, outputs))
+                bar.update(1)
+            _refuse_if_all_failed(summaries)
+    except BaseException:
+        if created and not any(job.out.iterdir()):
+            job.out.rmdir()  # nothing half-written: not even the empty folder
+        raise
     write_report(job.out)
     if not job.quiet:
         _print_summaries(job, summaries, explainer.backend_name, stdout if stdout is not None else sys.stdout)
@@ -203,58 +193,23 @@ def _run_record(job: ExplainJob, backend: str) -> dict[str, Any]:
     }
 
 
-def _result_row(job: ExplainJob, image: _Explained) -> dict[str, Any]:
-    """One row of results.parquet (columns: varrt.results.SCHEMA)."""
-    predicted = int(np.argmax(image.probabilities))
-    figures = audit.image_figures(image.attributions, image.var, job.options.temperature, job.options.var_scale)
-    return {
-        "path": str(image.source),
-        "stem": image.stem,
-        "class_ids": image.class_ids.tolist(),
-        "class_names": image.names,
-        "probabilities": image.probabilities[image.class_ids].tolist(),
-        "logits": image.logits[image.class_ids].tolist(),
-        "predicted_id": predicted,
-        "predicted_name": image.top_name,
-        "predicted_probability": float(image.probabilities[predicted]),
-        **figures,
-    }
+def _local_rows(job: ExplainJob, explainer: Explainer, prep: Any, labels: list[str] | None,
+                stems: list[str]) -> Iterator[tuple[dict[str, Any], Outcome]]:
+    """(results row, outcome) per image, explained in this process, batch by batch."""
+    for outcome in pipeline.explain_files(job.images, stems, explainer, prep, labels, job.options.batch_size):
+        yield pipeline.result_row(outcome, job.options), outcome
 
 
-def _explain_images(
-    job: ExplainJob, explainer: Explainer, prep: Preprocessing, labels: list[str] | None
-) -> Iterator[_Explained]:
-    """Each image's explanation, batch by batch."""
-
-    def name_of(class_id: int) -> str:
-        return labels[class_id] if labels is not None and class_id < len(labels) else f"class {class_id}"
-
-    stems = iter(_output_stems(job.images))
-    for batch in iter_batches(job.images, prep, job.options.batch_size):
-        explanation: Explanation = explainer(batch.inputs)
-        class_ids = _numpy(explanation.class_ids).astype(np.int64)
-        logits = _numpy(explanation.logits)
-        probabilities = _numpy(explanation.probabilities)
-        attributions = _numpy(explanation.attributions)
-        var = _numpy(explanation.var)
-        for i, source in enumerate(batch.paths):
-            yield _Explained(
-                source=Path(source),
-                stem=next(stems),
-                pixels=batch.pixels[i],
-                class_ids=class_ids[i],
-                names=[name_of(int(c)) for c in class_ids[i]],
-                probabilities=probabilities[i],
-                top_name=name_of(int(np.argmax(probabilities[i]))),
-                logits=logits[i],
-                attributions=attributions[i],
-                var=None if var is None else var[i],
-            )
+def _refuse_if_all_failed(summaries: list[dict[str, Any]]) -> None:
+    """A run that explained nothing is an error (the first image's), not a table of error rows."""
+    if summaries and all(summary["error"] for summary in summaries):
+        more = f" (and the other {len(summaries) - 1} images)" if len(summaries) > 1 else ""
+        raise VarrtError(f"no image explained: {summaries[0]['error']}{more}")
 
 
-def _write_outputs(job: ExplainJob, image: _Explained) -> list[Path]:
+def _write_outputs(job: ExplainJob, image: Outcome) -> list[Path]:
     """Per ``job.save``: ``<stem>.npz`` (and ``<stem>.png`` with overlays), each written atomically."""
-    if job.save == "summary":
+    if job.save == "summary" or not isinstance(image, Explained):
         return []
     arrays = {  # the graph's outputs for this image, and what the CLI adds to them
         CLASS_IDS: image.class_ids,
@@ -276,7 +231,8 @@ def _write_outputs(job: ExplainJob, image: _Explained) -> list[Path]:
     if job.overlays and job.save == "all":
         method = job.options.method
         figure = explanation_figure(image.pixels, image.attributions, image.var, image.names,
-                                    arrays["probabilities"], method=method, title=f"{image.source.name}: {method}")
+                                    arrays["probabilities"], method=method,
+                                    title=f"{Path(image.source).name}: {method}")
         png_path = job.out / f"{image.stem}.png"
         with atomic_path(png_path) as temporary:
             figure.save(temporary, format="PNG")
@@ -284,19 +240,22 @@ def _write_outputs(job: ExplainJob, image: _Explained) -> list[Path]:
     return outputs
 
 
-def _summary(image: _Explained, outputs: list[Path]) -> dict[str, Any]:
-    top = int(np.argmax(image.probabilities))
+def _summary(row: dict[str, Any], outputs: list[Path]) -> dict[str, Any]:
     return {
-        "image": image.source,
+        "image": Path(row["path"]),
         "outputs": outputs,
-        "top_class": top,
-        "top_name": image.top_name,
-        "top_probability": float(image.probabilities[top]),
+        "top_class": row.get("predicted_id"),
+        "top_name": row.get("predicted_name"),
+        "top_probability": row.get("predicted_probability"),
+        "error": row.get("error"),
     }
 
 
 def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: str, stdout: Any) -> None:
     for summary in summaries:
+        if summary["error"]:
+            print(f"{Path(summary['image']).name}: error: {summary['error']}", file=stdout)
+            continue
         outputs = ", ".join(p.name for p in summary["outputs"]) or RESULTS_NAME
         print(f"{Path(summary['image']).name}: {short_label(summary['top_name'])} "
               f"(p={summary['top_probability']:.2f}) -> {outputs}", file=stdout)
@@ -305,7 +264,10 @@ def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: 
     if job.save != "summary":
         kinds += f", {RESULTS_NAME}"
     kinds += f" and {REPORT_NAME}"
-    print(f"varrt: {len(summaries)} {kinds} from {job.options.method}{' + VAR' if job.options.var else ''} "
+    errors = sum(1 for summary in summaries if summary["error"])
+    failed = f", {errors} image{'s' if errors != 1 else ''} not explained (errors in {RESULTS_NAME})" if errors else ""
+    method = job.options.method + (" + VAR" if job.options.var else "")
+    print(f"varrt: {len(summaries) - errors} {kinds}{failed} from {method} "
           f"on {backend} in {job.out.resolve()}", file=stdout)
 
 
@@ -341,9 +303,22 @@ def _run_explain(args: argparse.Namespace) -> int:
         overlays=not args.no_overlays,
         quiet=args.quiet,
         save=args.save,
+        ray=_ray_settings(args),
     )
     run_explain(job)
     return 0
+
+
+def _ray_settings(args: argparse.Namespace) -> RaySettings | None:
+    """--ray [ADDRESS] and its sizes; those sizes without --ray are a usage error."""
+    if args.ray is None:
+        given = [flag for flag, value in (("--actors", args.actors), ("--cpus-per-actor", args.cpus_per_actor),
+                                          ("--gpus-per-actor", args.gpus_per_actor)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: for runs on Ray only (add --ray)")
+        return None
+    return RaySettings(address=args.ray or None, actors=args.actors or 1, cpus_per_actor=args.cpus_per_actor,
+                       gpus_per_actor=args.gpus_per_actor or 0.0)
 
 
 def _size(values: list[int] | None) -> tuple[int, int] | None:
@@ -628,7 +603,21 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
     )
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar and no summary")
     _add_method_options(parser)
+    _add_ray_options(parser)
     parser.set_defaults(run=_run_explain)
+
+
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    """--ray [ADDRESS], --actors, --cpus-per-actor, --gpus-per-actor (the `ray` extra)."""
+    group = parser.add_argument_group("Ray (pip install 'varrt[ray]'; same files as without --ray)")
+    group.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                       help="explain on Ray Data actors: ADDRESS auto (this machine's cluster), ray://HOST:PORT or "
+                       "HOST:PORT; none: a local Ray started in this process")
+    group.add_argument("--actors", type=int, metavar="N", help="actors, each with its own Explainer (default 1)")
+    group.add_argument("--cpus-per-actor", type=int, metavar="C",
+                       help="CPUs each actor reserves, and its ONNX Runtime threads (default: the cluster's CPUs "
+                       "shared out among the actors, at most one machine's)")
+    group.add_argument("--gpus-per-actor", type=float, metavar="G", help="GPUs each actor reserves (default 0)")
 
 
 def add_demo_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:

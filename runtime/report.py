@@ -39,7 +39,7 @@ def write_report(out: Path) -> Path:
     body = "\n".join(_row(out, row) for row in rows)
     page = _PAGE.format(
         title=_e(f"varrt: {results.run.get('method', '')} on {len(rows)} images"),
-        summary=_summary(results.run, len(rows)),
+        summary=_summary(results.run, len(rows), sum(1 for row in rows if row.get("error"))),
         rows=body,
         script=_SCRIPT,
     )
@@ -58,12 +58,12 @@ def _href(relative: str) -> str:
     return _e(quote(relative))
 
 
-def _summary(run: Mapping[str, Any], count: int) -> str:
+def _summary(run: Mapping[str, Any], count: int, errors: int) -> str:
     fields = [
         ("model", run.get("model")), ("method", run.get("method")), ("classes", run.get("classes")),
         ("VAR", f"T={run.get('temperature')}, tau={run.get('tau')}, scale={run.get('var_scale')}"
          if run.get("var") else "off"),
-        ("backend", run.get("backend")), ("images", count), ("saved", run.get("save")),
+        ("backend", run.get("backend")), ("images", count), ("errors", errors), ("saved", run.get("save")),
         ("varrt", run.get("varrt_version")),
     ]
     return "\n".join(f"<div><b>{_e(name)}</b> {_e(value)}</div>" for name, value in fields if value is not None)
@@ -101,6 +101,8 @@ def _classes(names: Sequence[str], probabilities: Sequence[float], shares: Seque
 
 
 def _row(out: Path, row: Mapping[str, Any]) -> str:
+    if row.get("error"):
+        return _error_row(row)
     links = _thumbnail(out, row)
     picture = (f'<a href="{_href(links[1])}"><img loading="lazy" src="{_href(links[0])}" alt="{_e(row["stem"])}">'
                "</a>" if links else "")
@@ -120,6 +122,14 @@ def _row(out: Path, row: Mapping[str, Any]) -> str:
     return f'<tr class=row data-classes="{_e(search)}">{tds}</tr>'
 
 
+def _error_row(row: Mapping[str, Any]) -> str:
+    """An image that was not explained: its name and why, sorted last by confidence."""
+    cells = [("", ""), (row["path"], _e(Path(row["path"]).name)), ("", "<b>error</b>"), (-1, ""),
+             ("", f"<span class=error>{_e(row['error'])}</span>"), (-1, ""), (-1, "")]
+    tds = "".join(f'<td data-v="{_e(value)}">{text}</td>' for value, text in cells)
+    return f'<tr class="row failed" data-classes="error">{tds}</tr>'
+
+
 _PAGE = """<!doctype html>
 <html lang=en><head><meta charset=utf-8><title>{title}</title>
 <meta name=viewport content="width=device-width, initial-scale=1">
@@ -133,6 +143,7 @@ th[data-sort]:after {{ content: " \\2195"; color: #999; }}
 img {{ width: 360px; height: auto; }}
 ol {{ margin: 0; padding-left: 1.2em; }}
 .p {{ color: #555; }}
+.error {{ color: #b00; }}
 </style></head>
 <body>
 <h1>{title}</h1>

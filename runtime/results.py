@@ -11,7 +11,7 @@ settings are in the file's key-value metadata (``varrt.schema_version``, ``varrt
 ...     writer.add({"path": "a.png", "stem": "a", "class_ids": [3], "class_names": ["cat"],
 ...                 "probabilities": [0.9], "logits": [4.0], "predicted_id": 3, "predicted_name": "cat",
 ...                 "predicted_probability": 0.9, "top_mass_share": [0.5], "peak_row": [1], "peak_col": [2],
-...                 "kept_fraction": [0.1], "class_entropy": 0.2})
+...                 "kept_fraction": [0.1], "class_entropy": 0.2, "error": None})
 >>> read_results(path).table.num_rows, read_results(path).run["method"]
 (1, 'gradient')
 """
@@ -30,8 +30,9 @@ from varrt.core.errors import VarrtError
 from varrt.files import atomic_path
 
 RESULTS_NAME = "results.parquet"
-#: Bumped whenever a column is renamed, retyped or removed (adding one is backwards compatible).
-SCHEMA_VERSION = 1
+#: Bumped whenever a column is renamed, retyped or removed, or a row's meaning changes. 2: the
+#: ``error`` column; a row with an error has only ``path``, ``stem`` and ``error`` (the rest null).
+SCHEMA_VERSION = 2
 VERSION_KEY = b"varrt.schema_version"
 RUN_KEY = b"varrt.run"
 _ROWS_PER_GROUP = 1024
@@ -51,6 +52,7 @@ SCHEMA = pa.schema([
     ("peak_col", pa.list_(pa.int32())),
     ("kept_fraction", pa.list_(pa.float32())),
     ("class_entropy", pa.float32()),
+    ("error", pa.string()),  # why this image was not explained; null when it was
 ])
 
 
