@@ -27,6 +27,7 @@ from varrt.export.rules import layout as lay
 from varrt.export.rules import linear as lin
 from varrt.export.rules import normalization as norm
 from varrt.export.rules import pooling as pool
+from varrt.export.rules import recurrent as rec
 from varrt.export.rules import reduction as red
 from varrt.export.rules import resize as rsz
 from varrt.export.rules.context import Context
@@ -68,6 +69,7 @@ RECTIFIER = Family("rectifier", {"guided": _guided, "deconvolution": _deconvolut
 SELECTION = Family("selection")  # routes the cotangent to the chosen element (max, where)
 NORMALIZATION = Family("normalization")  # statistics over axes: norms, softmax, LRN
 CONSTANT = Family("constant")  # piecewise constant: zero derivative
+RECURRENT = Family("recurrent")  # gated recurrences (sigmoid and tanh gates), unrolled over time
 
 MODIFIED_BACKWARDS = ("guided", "deconvolution")
 
@@ -108,6 +110,7 @@ RULES: tuple[Row, ...] = (
     Row("Gather", lay.gather, SHAPE),
     Row("Gelu", act.gelu, ELEMENTWISE, (20, None)),
     Row("Gemm", lin.gemm, AFFINE),
+    Row("GRU", rec.gru, RECURRENT, (9, None)),  # default activations; static length; 9: ConstantOfShape
     Row("GlobalAveragePool", pool.global_average_pool, LINEAR),
     Row("GlobalMaxPool", pool.global_max_pool, SELECTION),
     Row("GroupNormalization", norm.group_norm_18, NORMALIZATION, (18, 20)),  # scale per group
@@ -122,6 +125,7 @@ RULES: tuple[Row, ...] = (
     Row("LogSoftmax", red.log_softmax_coerced, NORMALIZATION, (1, 12)),  # 2-D coercion at axis
     Row("LogSoftmax", red.log_softmax, NORMALIZATION, (13, None)),
     Row("LRN", norm.lrn, NORMALIZATION),
+    Row("LSTM", rec.lstm, RECURRENT, (9, None)),  # as GRU; no peepholes
     Row("MatMul", lin.matmul, AFFINE),
     Row("Max", ar.extremum, SELECTION),
     Row("MaxPool", pool.max_pool, SELECTION),
