@@ -13,10 +13,17 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Method:
     modified: str | None = None  # a modified backward of the rule table's families ("guided")
-    batching: str | None = None  # "interpolate" (integrated gradients) or "noise" (SmoothGrad)
+    batching: str | None = None  # "interpolate" (integrated gradients), "noise" (SmoothGrad), "masks" (perturbation)
     times_input: bool = False  # multiply by (input - baseline)
     cam: bool = False  # Grad-CAM at a feature map; with `guided`, times guided backprop
+    perturbation: bool = False  # forward-only, on masked copies (export/perturbation.py); no backward
+    per_pixel: bool = False  # one value per pixel, [H, W], whatever the channels (RISE)
     description: str = ""
+
+    @property
+    def pixel_map(self) -> bool:
+        """Whether the map is [H, W] per class (Grad-CAM, RISE) rather than the input's shape."""
+        return (self.cam and not self.modified) or self.per_pixel
 
 
 METHOD_TABLE: dict[str, Method] = {
@@ -30,6 +37,10 @@ METHOD_TABLE: dict[str, Method] = {
     "guided_gradcam": Method(modified="guided", cam=True, description="guided backprop times Grad-CAM"),
     "deconvolution": Method(modified="deconvolution",
                             description="gradient with ReLUs applied to the backward signal (Zeiler & Fergus)"),
+    "occlusion": Method(batching="masks", perturbation=True,
+                        description="mean logit drop over the square windows covering a pixel (Captum's Occlusion)"),
+    "rise": Method(batching="masks", perturbation=True, per_pixel=True,
+                   description="logits of randomly masked copies, weighted by their masks (Petsiuk et al. 2018)"),
 }
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
