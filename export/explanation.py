@@ -19,6 +19,7 @@ from varrt.export.emitter import Emitter
 from varrt.export.methods import METHOD_TABLE, METHODS, Method
 from varrt.export.model_loading import Classifier, InputShape, format_input_shape, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
+from varrt.export.perturbation import PerturbationOptions, perturbation_map
 from varrt.kernels.var_graph import append_var
 
 
@@ -29,8 +30,13 @@ def explain_graph(
     layer: str | None = None,
     steps: int = 32,
     baseline: float = 0.0,
-    samples: int = 16,
+    samples: int | None = None,
     noise: float = 0.15,
+    window: int = 16,
+    stride: int = 8,
+    mask_size: int = 7,
+    keep: float = 0.5,
+    chunk: int = 32,
     var: bool = False,
     temperature: float = TEMPERATURE,
     tau: float = TAU,
@@ -52,6 +58,10 @@ def explain_graph(
     ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
     standard ONNX ops are emitted.
 
+    ``samples``: SmoothGrad's noisy copies (default 16) or RISE's masks (default 2000). occlusion
+    (``window``, ``stride``, ``baseline``) and rise (``samples``, ``mask_size``, ``keep``, ``seed``)
+    run their masked copies ``chunk`` at a time in a Loop (export/perturbation.py).
+
     ``classes`` (``"top4+min"``, ``"topK"``, K, or class ids; ``varrt.core.classes``) builds the
     choice into the graph. ``name`` is what error messages call the model (default: its path, or
     the graph's name).
@@ -72,6 +82,7 @@ def explain_graph(
     """
     spec = _checked_method(method, target, batch)
     _check_mask_batch(method, mask_batch)
+    samples = samples if samples is not None else 2000 if method == "rise" else 16
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
     name = name or (str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model"))
     chosen = None if classes is None else parse_classes(classes, var=var)
@@ -80,9 +91,11 @@ def explain_graph(
         raise UsageError(f"{name}: is already an explanation graph (it has '{ATTRIBUTIONS}')")
     clf = load_classifier(proto, name, batch=batch, input_shape=input_shape)
     builder = _Builder(clf, spec, seed)
+    masks = PerturbationOptions(method=method, window=window, stride=stride, baseline=baseline, samples=samples,
+                                mask_size=mask_size, keep=keep, chunk=chunk, seed=seed)
     try:
         outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                                mask_batch=mask_batch, classes=chosen)
+                                mask_batch=mask_batch, classes=chosen, masks=masks)
     except ModelError as error:  # rules name the node and op; the user also needs the file
         raise type(error)(f"{name}: {error}{_size_hint(clf.data_input)}") from error
     if var:
@@ -92,6 +105,8 @@ def explain_graph(
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
                    var=var, temperature=temperature, tau=tau, var_scale=var_scale,
                    classes=chosen and chosen.text, batch=batch, target=target)
+    if spec.perturbation:  # their own options, recorded only where they apply
+        options.update(window=window, stride=stride, mask_size=mask_size, keep=keep, chunk=chunk, seed=seed)
     if input_shape is not None:
         options["input_shape"] = format_input_shape(input_shape)
     if mask_batch is not None:
@@ -153,9 +168,14 @@ class _Builder:
         self.image = clf.data_input
         self.wrt = clf.data_input  # what the backward differentiates: the batched image, if batched
 
-    def build(self, *, layer, steps, baseline, samples, noise, mask_batch,
-              classes: ClassSpec | None) -> dict[str, ir.Value]:
+    def build(self, *, layer, steps, baseline, samples, noise, mask_batch, classes: ClassSpec | None,
+              masks: PerturbationOptions) -> dict[str, ir.Value]:
         em, spec = self.em, self.spec
+        if spec.perturbation:  # forward-only: the model on masked copies, no backward
+            logits = self._logits_2d()
+            class_ids = self._class_ids(logits, classes)
+            attributions = perturbation_map(em, self.graph, self.image, logits, class_ids, masks)
+            return {LOGITS: logits, CLASS_IDS: class_ids, ATTRIBUTIONS: attributions}
         image = self.image
         blocks, block_weights = 1, np.ones(1)
         if spec.batching:
@@ -186,7 +206,7 @@ class _Builder:
             if spec.times_input:
                 grad = em.Mul(grad, self.image if not spec.batching else em.Sub(self.image, self._baseline))
             attributions = grad
-        rank = 4 if spec.cam and not spec.modified else len(self.image.shape) + 1  # type: ignore[arg-type]
+        rank = 4 if spec.pixel_map else len(self.image.shape) + 1  # type: ignore[arg-type]
         outputs[ATTRIBUTIONS] = em.Transpose(attributions, perm=[1, 0] + list(range(2, rank)))
         return outputs
 
@@ -337,6 +357,6 @@ def _output_shape(key: str, clf: Classifier, options: dict, k: int | str = "K") 
     if key == CLASS_IDS:
         return ir.Shape([batch, k])
     spec = METHOD_TABLE[options["method"]]
-    tail = image[2:] if spec.cam and not spec.modified else image[1:]
+    tail = image[2:] if spec.pixel_map else image[1:]
     return ir.Shape([batch, k, *tail])
 

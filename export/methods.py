@@ -13,10 +13,17 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Method:
     modified: str | None = None  # a modified backward of the rule table's families ("guided")
-    batching: str | None = None  # "interpolate" (integrated gradients) or "noise" (SmoothGrad)
+    batching: str | None = None  # "interpolate" (integrated gradients), "noise" (SmoothGrad), "masks" (perturbation)
     times_input: bool = False  # multiply by (input - baseline)
     cam: str | None = None  # a CAM of export/cams.py at a feature map; with `guided`, times guided backprop
+    perturbation: bool = False  # forward-only, on masked copies (export/perturbation.py); no backward
+    per_pixel: bool = False  # one value per pixel, [H, W], whatever the channels (RISE)
     description: str = ""
+
+    @property
+    def pixel_map(self) -> bool:
+        """Whether the map is [H, W] per class (Grad-CAM, RISE) rather than the input's shape."""
+        return (self.cam is not None and not self.modified) or self.per_pixel
 
 
 METHOD_TABLE: dict[str, Method] = {
@@ -37,6 +44,10 @@ METHOD_TABLE: dict[str, Method] = {
     "hirescam": Method(cam="hirescam", description="per-position gradient x activation, summed over channels"),
     "scorecam": Method(cam="scorecam", description="forward-only: channels weighted by the softmax of the class "
                        "score of the image masked by each channel"),
+    "occlusion": Method(batching="masks", perturbation=True,
+                        description="mean logit drop over the square windows covering a pixel (Captum's Occlusion)"),
+    "rise": Method(batching="masks", perturbation=True, per_pixel=True,
+                   description="logits of randomly masked copies, weighted by their masks (Petsiuk et al. 2018)"),
 }
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
