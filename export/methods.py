@@ -13,8 +13,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Method:
     modified: str | None = None  # a modified backward of the rule table's families ("guided")
-    batching: str | None = None  # "interpolate" (integrated gradients) or "noise" (SmoothGrad)
+    batching: str | None = None  # "interpolate" (integrated gradients), "noise" (SmoothGrad), "baseline" (DeepLIFT)
     times_input: bool = False  # multiply by (input - baseline)
+    relevance: bool = False  # seed the backward with the logit itself (LRP's relevance), not with 1
     cam: bool = False  # Grad-CAM at a feature map; with `guided`, times guided backprop
     description: str = ""
 
@@ -30,6 +31,10 @@ METHOD_TABLE: dict[str, Method] = {
     "guided_gradcam": Method(modified="guided", cam=True, description="guided backprop times Grad-CAM"),
     "deconvolution": Method(modified="deconvolution",
                             description="gradient with ReLUs applied to the backward signal (Zeiler & Fergus)"),
+    "deeplift": Method(modified="deeplift", batching="baseline", times_input=True,
+                       description="DeepLIFT rescale multipliers against a baseline, times (input - baseline)"),
+    "lrp": Method(modified="lrp", relevance=True,
+                  description="layer-wise relevance propagation (--lrp-rule epsilon, gamma or zplus)"),
 }
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
