@@ -20,6 +20,7 @@ from varrt.export.methods import METHOD_TABLE, METHODS, Method
 from varrt.export.model_loading import Classifier, InputShape, format_input_shape, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
 from varrt.export.perturbation import PerturbationOptions, perturbation_map
+from varrt.export.rules import lrp
 from varrt.kernels.var_graph import append_var
 
 
@@ -37,6 +38,9 @@ def explain_graph(
     mask_size: int = 7,
     keep: float = 0.5,
     chunk: int = 32,
+    lrp_rule: str = "epsilon",
+    epsilon: float = lrp.STABILITY,
+    gamma: float = 0.25,
     var: bool = False,
     temperature: float = TEMPERATURE,
     tau: float = TAU,
@@ -70,6 +74,10 @@ def explain_graph(
     ``input_shape`` fixes the image input's dimensions, e.g. ``(1, 3, 224, 224)``; a dimension given
     by name (``("N", 3, 224, 224)``) stays as the model has it. Models with dynamic height and width
     need it.
+    ``baseline`` is the pixel value of the baseline image for ``integrated_gradients`` and
+    ``deeplift``. ``lrp_rule`` (``"epsilon"``, ``"gamma"``, ``"zplus"``) is the rule ``lrp`` runs on
+    layers with weights; ``epsilon`` is the epsilon rule's stabiliser wherever that rule applies and
+    ``gamma`` the gamma rule's factor (Captum's defaults; export/rules/lrp.py).
     ``target`` picks the graph passes run after the backward (export/passes/): "portable" (none:
     for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
     with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX
@@ -84,13 +92,14 @@ def explain_graph(
     _check_mask_batch(method, mask_batch)
     samples = samples if samples is not None else 2000 if method == "rise" else 16
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
+    settings = _lrp_settings(lrp_rule, epsilon, gamma) if spec.modified == "lrp" else {}
     name = name or (str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model"))
     chosen = None if classes is None else parse_classes(classes, var=var)
     proto = read_model(model)
     if {o.name for o in proto.graph.output} >= {LOGITS, ATTRIBUTIONS}:
         raise UsageError(f"{name}: is already an explanation graph (it has '{ATTRIBUTIONS}')")
     clf = load_classifier(proto, name, batch=batch, input_shape=input_shape)
-    builder = _Builder(clf, spec, seed)
+    builder = _Builder(clf, spec, seed, settings)
     masks = PerturbationOptions(method=method, window=window, stride=stride, baseline=baseline, samples=samples,
                                 mask_size=mask_size, keep=keep, chunk=chunk, seed=seed)
     try:
@@ -107,6 +116,7 @@ def explain_graph(
                    classes=chosen and chosen.text, batch=batch, target=target)
     if spec.perturbation:  # their own options, recorded only where they apply
         options.update(window=window, stride=stride, mask_size=mask_size, keep=keep, chunk=chunk, seed=seed)
+    options.update(settings)
     if input_shape is not None:
         options["input_shape"] = format_input_shape(input_shape)
     if mask_batch is not None:
@@ -135,8 +145,8 @@ def _checked_method(method: str, target: str, batch: int | None) -> Method:
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise UsageError(f"--batch must be a positive integer (got {batch!r})")
     if batch is not None and spec.batching:
-        raise UsageError(f"{method} runs its {'steps' if spec.batching == 'interpolate' else 'samples'} "
-                         "along the batch axis, so it cannot be fixed: leave --batch out")
+        raise UsageError(f"{method} runs its {_BATCHED[spec.batching][1]} along the batch axis, "
+                         "so it cannot be fixed: leave --batch out")
     return spec
 
 
@@ -147,6 +157,14 @@ def _check_mask_batch(method: str, mask_batch: int | None) -> None:
         raise UsageError(f"--mask-batch applies to scorecam only (method {method})")
     if isinstance(mask_batch, bool) or not isinstance(mask_batch, int) or mask_batch < 1:
         raise UsageError(f"--mask-batch must be a positive integer (got {mask_batch!r})")
+
+
+def _lrp_settings(rule: str, epsilon: float, gamma: float) -> dict:
+    if rule not in lrp.RULES:
+        raise UsageError(f"unknown --lrp-rule '{rule}' (choose from {', '.join(lrp.RULES)})")
+    if not epsilon > 0 or not gamma >= 0:
+        raise UsageError(f"--epsilon must be > 0 and --gamma >= 0 (got {epsilon}, {gamma})")
+    return {"lrp_rule": rule, "epsilon": float(epsilon), "gamma": float(gamma)}
 
 
 def _check_options(**values: float) -> None:
@@ -160,8 +178,9 @@ def _check_options(**values: float) -> None:
 class _Builder:
     """Emits one explanation into the classifier's graph."""
 
-    def __init__(self, clf: Classifier, spec: Method, seed: int):
+    def __init__(self, clf: Classifier, spec: Method, seed: int, settings: dict):
         self.clf, self.spec, self.seed = clf, spec, seed
+        self.settings = {"rule" if k == "lrp_rule" else k: v for k, v in settings.items()}
         self.graph = clf.model.graph
         _rename_reserved(self.graph)
         self.em = Emitter(self.graph, clf.opset)
@@ -187,6 +206,8 @@ class _Builder:
                                em.const(np.array(0, np.int64)), axis=0)
         class_ids = self._class_ids(logits, classes)
         seed = self._one_hot(class_ids, logits)  # [K, N, C]
+        if spec.relevance:
+            seed = em.Mul(seed, logits)
         outputs = {LOGITS: logits, CLASS_IDS: class_ids}
 
         if spec.cam:
@@ -199,8 +220,12 @@ class _Builder:
             attributions = cam
         else:
             seed_all = seed if blocks == 1 else self._seed_blocks(seed, block_weights)
-            grad = backward(em, {logits_all: seed_all}, [self.wrt], modified_backward=spec.modified)[0]
-            if blocks > 1:
+            grad = backward(em, {logits_all: seed_all}, [self.wrt], modified_backward=spec.modified,
+                            settings=self.settings)[0]
+            if spec.batching == "baseline":  # the image's half; the baseline's is not attributed
+                grad = em.Gather(em.Reshape(grad, em.Concat(em.ints([0, 2, -1]), em.shape(grad, 2), axis=0)),
+                                 em.const(np.array(0, np.int64)), axis=1)
+            elif blocks > 1:
                 grad = em.reduce_sum(em.Reshape(grad, em.Concat(em.ints([0, blocks, -1]), em.shape(grad, 2), axis=0)),
                                      [1], keepdims=False)
             if spec.times_input:
@@ -254,12 +279,12 @@ class _Builder:
         return em.cast_like(em.Equal(rows, classes), logits)
 
     def _batch_image(self, kind: str, steps: int, baseline: float, samples: int, noise: float):
-        """Feed the forward [B*N, ...]: the image, then interpolation steps or noisy copies."""
+        """Feed the forward [B*N, ...]: the image, then interpolation steps, noisy copies or the baseline."""
         em, image = self.em, self.image
         dims = list(image.shape or [])
         if dims and isinstance(dims[0], int):
-            method = "integrated_gradients" if kind == "interpolate" else "smoothgrad"
-            raise UsageError(f"{method} runs its steps as one batch, but the model's batch axis is fixed "
+            method, what = _BATCHED[kind]
+            raise UsageError(f"{method} runs its {what} as one batch, but the model's batch axis is fixed "
                              f"to {dims[0]}: export the model with a dynamic batch axis")
         user = ir.Value(name=image.name, type=image.type, shape=image.shape)
         image.name = f"{image.name}_batched"
@@ -268,7 +293,12 @@ class _Builder:
         self.image = user
         rank = len(dims)
         stacked_shape = em.Concat(em.ints([-1]), em.shape(user, 1), axis=0)
-        if kind == "interpolate":
+        if kind == "baseline":  # [x; baseline]: both halves are seeded, as in Captum's DeepLift
+            self._baseline = em.scalar(baseline, like=user)
+            batched = em.Concat(user, em.Expand(self._baseline, em.shape(user)), axis=0)
+            weights = np.ones(2)
+            blocks = 2
+        elif kind == "interpolate":
             self._baseline = em.scalar(baseline, like=user)
             # alpha = 1 first (the image itself, whose logits are reported), then 1/S ... (S-1)/S
             alphas = np.array([1.0] + [s / steps for s in range(1, steps)], dtype=np.float32)
@@ -300,6 +330,11 @@ class _Builder:
         em = self.em
         scaled = em.Mul(em.unsqueeze(seed, [1]), em.const(weights.reshape(1, -1, 1, 1).astype(np.float32)))
         return em.Reshape(scaled, em.ints([0, -1, self._num_classes(seed)]))
+
+
+# batching kind -> (the method, what it stacks on the batch axis), for refusals
+_BATCHED = {"interpolate": ("integrated_gradients", "steps"), "noise": ("smoothgrad", "samples"),
+            "baseline": ("deeplift", "baseline"), "masks": ("occlusion and rise", "masked copies")}
 
 
 def _rename_reserved(graph: ir.Graph) -> None:

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Method:
     modified: str | None = None  # a modified backward of the rule table's families ("guided")
-    batching: str | None = None  # "interpolate" (integrated gradients), "noise" (SmoothGrad), "masks" (perturbation)
+    batching: str | None = None  # "interpolate" (integrated gradients), "noise" (SmoothGrad), "masks" (perturbation),
+    # "baseline" (DeepLIFT)
     times_input: bool = False  # multiply by (input - baseline)
     cam: str | None = None  # a CAM of export/cams.py at a feature map; with `guided`, times guided backprop
     perturbation: bool = False  # forward-only, on masked copies (export/perturbation.py); no backward
     per_pixel: bool = False  # one value per pixel, [H, W], whatever the channels (RISE)
+    relevance: bool = False  # seed the backward with the logit itself (LRP's relevance), not with 1
     description: str = ""
 
     @property
@@ -48,6 +50,10 @@ METHOD_TABLE: dict[str, Method] = {
                         description="mean logit drop over the square windows covering a pixel (Captum's Occlusion)"),
     "rise": Method(batching="masks", perturbation=True, per_pixel=True,
                    description="logits of randomly masked copies, weighted by their masks (Petsiuk et al. 2018)"),
+    "deeplift": Method(modified="deeplift", batching="baseline", times_input=True,
+                       description="DeepLIFT rescale multipliers against a baseline, times (input - baseline)"),
+    "lrp": Method(modified="lrp", relevance=True,
+                  description="layer-wise relevance propagation (--lrp-rule epsilon, gamma or zplus)"),
 }
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
