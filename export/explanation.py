@@ -20,6 +20,7 @@ from varrt.export.model_loading import Classifier, InputShape, format_input_shap
 from varrt.export.passes import TARGETS, optimize
 from varrt.export.rules.context import Context
 from varrt.export.rules.separable import probe_matrix, separable_vjp
+from varrt.export.steps import Steps, batch_steps
 from varrt.kernels.var_graph import append_var
 
 
@@ -32,6 +33,7 @@ def explain_graph(
     baseline: float = 0.0,
     samples: int = 16,
     noise: float = 0.15,
+    step_batch: int | None = None,
     var: bool = False,
     temperature: float = TEMPERATURE,
     tau: float = TAU,
@@ -60,6 +62,10 @@ def explain_graph(
     ``input_shape`` fixes the image input's dimensions, e.g. ``(1, 3, 224, 224)``; a dimension given
     by name (``("N", 3, 224, 224)``) stays as the model has it. Models with dynamic height and width
     need it.
+    ``steps`` (integrated_gradients) and ``samples`` (smoothgrad, gradient_shap) are run as one
+    batch; with ``step_batch`` the graph instead takes the points of one run as an extra input
+    (``alphas`` or ``sample_weights``, export/steps.py), so a caller can bound memory by running
+    ``step_batch`` of them at a time and adding the runs' attributions (the Explainer does).
     ``target`` picks the graph passes run after the backward (export/passes/): "portable" (none:
     for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
     with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX
@@ -71,6 +77,7 @@ def explain_graph(
     >>> logits, maps = session.run(None, {"input": images, "class_ids": ids})  # doctest: +SKIP
     """
     spec = _checked_method(method, target, batch)
+    _check_step_batch(method, spec, step_batch)
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
     name = name or (str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model"))
     chosen = None if classes is None else parse_classes(classes, var=var)
@@ -81,7 +88,7 @@ def explain_graph(
     builder = _Builder(clf, spec, seed)
     try:
         outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                                classes=chosen)
+                                step_batch=step_batch, classes=chosen)
     except ModelError as error:  # rules name the node and op; the user also needs the file
         raise type(error)(f"{name}: {error}{_size_hint(clf.data_input)}") from error
     if var:
@@ -89,7 +96,7 @@ def explain_graph(
         outputs[VAR_ATTRIBUTIONS] = append_var(builder.em.tape, outputs[ATTRIBUTIONS], temperature=temperature,
                                                  tau=tau, opset=clf.opset, scale=var_scale, rank=rank)
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                   var=var, temperature=temperature, tau=tau, var_scale=var_scale,
+                   step_batch=step_batch, var=var, temperature=temperature, tau=tau, var_scale=var_scale,
                    classes=chosen and chosen.text, batch=batch, target=target)
     if input_shape is not None:
         options["input_shape"] = format_input_shape(input_shape)
@@ -122,6 +129,15 @@ def _checked_method(method: str, target: str, batch: int | None) -> Method:
     return spec
 
 
+def _check_step_batch(method: str, spec: Method, step_batch: int | None) -> None:
+    if step_batch is None:
+        return
+    if not spec.batching:
+        raise UsageError(f"--step-batch is for methods that batch steps or samples, not {method}")
+    if isinstance(step_batch, bool) or not isinstance(step_batch, int) or step_batch < 1:
+        raise UsageError(f"--step-batch must be a positive integer (got {step_batch!r})")
+
+
 def _check_options(**values: float) -> None:
     for key in ("steps", "samples"):
         if int(values[key]) < 1:
@@ -141,16 +157,18 @@ class _Builder:
         self.image = clf.data_input
         self.wrt = clf.data_input  # what the backward differentiates: the batched image, if batched
 
-    def build(self, *, layer, steps, baseline, samples, noise, classes: ClassSpec | None) -> dict[str, ir.Value]:
+    def build(self, *, layer, steps, baseline, samples, noise, step_batch,
+              classes: ClassSpec | None) -> dict[str, ir.Value]:
         em, spec = self.em, self.spec
         image = self.image
-        blocks, block_weights = 1, np.ones(1)
+        steps_batch = None
         if spec.batching:
-            blocks, block_weights = self._batch_image(spec.batching, steps, baseline, samples, noise)
+            steps_batch = self._batch_image(spec.batching, steps, baseline, samples, noise, step_batch)
         logits_all = self.logits_all = self._logits_2d()
         logits = logits_all
-        if blocks > 1:  # block 0 is the image itself
-            logits = em.Gather(em.Reshape(logits_all, em.ints([blocks, -1, self._num_classes(logits_all)])),
+        if steps_batch is not None:  # block 0 is the image itself
+            logits = em.Gather(em.Reshape(logits_all, em.Concat(em.ints([-1]), em.shape(self.image, 0, 1),
+                                                                em.ints([self._num_classes(logits_all)]), axis=0)),
                                em.const(np.array(0, np.int64)), axis=0)
         class_ids = self._class_ids(logits, classes)
         seed = self._one_hot(class_ids, logits)  # [K, N, C]
@@ -163,13 +181,17 @@ class _Builder:
                 cam = em.Mul(guided, em.unsqueeze(cam, [2]))
             attributions = cam
         else:
-            seed_all = seed if blocks == 1 else self._seed_blocks(seed, block_weights)
+            seed_all = seed if steps_batch is None else self._seed_blocks(seed, steps_batch.weights)
             grad = backward(em, {logits_all: seed_all}, [self.wrt], modified_backward=spec.modified)[0]
-            if blocks > 1:
-                grad = em.reduce_sum(em.Reshape(grad, em.Concat(em.ints([0, blocks, -1]), em.shape(grad, 2), axis=0)),
-                                     [1], keepdims=False)
-            if spec.times_input:
-                grad = em.Mul(grad, self.image if not spec.batching else em.Sub(self.image, self._baseline))
+            if steps_batch is not None:
+                if steps_batch.per_block is not None:
+                    grad = em.Mul(grad, steps_batch.per_block)
+                grad = em.reduce_sum(em.Reshape(grad, em.Concat(em.ints([0, -1]), em.shape(self.image, 0, 1),
+                                                                em.shape(grad, 2), axis=0)), [1], keepdims=False)
+                if steps_batch.after_sum is not None:
+                    grad = em.Mul(grad, steps_batch.after_sum)
+            elif spec.times_input:
+                grad = em.Mul(grad, self.image)
             attributions = grad
         rank = 4 if spec.cam and not spec.modified else len(self.image.shape) + 1  # type: ignore[arg-type]
         outputs[ATTRIBUTIONS] = em.Transpose(attributions, perm=[1, 0] + list(range(2, rank)))
@@ -218,12 +240,13 @@ class _Builder:
         rows = em.unsqueeze(em.Transpose(class_ids, perm=[1, 0]), [2])  # [K, N, 1]
         return em.cast_like(em.Equal(rows, classes), logits)
 
-    def _batch_image(self, kind: str, steps: int, baseline: float, samples: int, noise: float):
-        """Feed the forward [B*N, ...]: the image, then interpolation steps or noisy copies."""
+    def _batch_image(self, kind: str, steps: int, baseline: float, samples: int, noise: float,
+                     step_batch: int | None) -> Steps:
+        """Feed the forward [(B + 1) * N, ...]: the image, then the B points (export/steps.py)."""
         em, image = self.em, self.image
         dims = list(image.shape or [])
         if dims and isinstance(dims[0], int):
-            method = "integrated_gradients" if kind == "interpolate" else "smoothgrad"
+            method = next(name for name, m in METHOD_TABLE.items() if m.batching == kind)
             raise UsageError(f"{method} runs its steps as one batch, but the model's batch axis is fixed "
                              f"to {dims[0]}: export the model with a dynamic batch axis")
         user = ir.Value(name=image.name, type=image.type, shape=image.shape)
@@ -231,39 +254,21 @@ class _Builder:
         inputs = self.graph.inputs
         inputs[inputs.index(image)] = user
         self.image = user
-        rank = len(dims)
-        stacked_shape = em.Concat(em.ints([-1]), em.shape(user, 1), axis=0)
-        if kind == "interpolate":
-            self._baseline = em.scalar(baseline, like=user)
-            # alpha = 1 first (the image itself, whose logits are reported), then 1/S ... (S-1)/S
-            alphas = np.array([1.0] + [s / steps for s in range(1, steps)], dtype=np.float32)
-            diff = em.Sub(user, self._baseline)
-            path = em.Add(self._baseline, em.Mul(em.const(alphas.reshape([steps] + [1] * rank)),
-                                                 em.unsqueeze(diff, [0])))
-            batched = em.Reshape(path, stacked_shape)
-            weights = np.full(steps, 1.0 / steps)
-            blocks = steps
-        else:
-            axes = list(range(1, rank))
-            spread = em.Sub(em.reduce("ReduceMax", user, axes), em.reduce("ReduceMin", user, axes))
-            sigma = em.Mul(spread, em.scalar(noise, like=user))
-            copies = em.Expand(em.unsqueeze(user, [0]),
-                               em.Concat(em.ints([samples]), em.shape(user), axis=0))
-            eps = em.RandomNormalLike(copies, seed=float(self.seed), dtype=int(user.dtype))  # type: ignore[arg-type]
-            noisy = em.Add(copies, em.Mul(eps, sigma))
-            batched = em.Reshape(em.Concat(em.unsqueeze(user, [0]), noisy, axis=0), stacked_shape)
-            weights = np.array([0.0] + [1.0 / samples] * samples)
-            blocks = samples + 1
+        batch = batch_steps(em, user, kind, steps=steps, baseline=baseline, samples=samples, noise=noise,
+                            seed=self.seed, step_batch=step_batch)
+        if batch.step_input is not None:
+            inputs.append(batch.step_input)
+        batched = batch.batched
         batched.type = image.type
         batched.shape = ir.Shape(["steps_x_N", *dims[1:]])
         image.replace_all_uses_with(batched)
         self.wrt = batched  # the forward now reads the batch; the old input value is gone
-        return blocks, weights
+        return batch
 
-    def _seed_blocks(self, seed: ir.Value, weights: np.ndarray) -> ir.Value:
-        """[K, N, C] -> [K, B*N, C], block b weighted by weights[b]."""
+    def _seed_blocks(self, seed: ir.Value, weights: ir.Value) -> ir.Value:
+        """[K, N, C] -> [K, (B + 1) * N, C], block b weighted by weights[b]."""
         em = self.em
-        scaled = em.Mul(em.unsqueeze(seed, [1]), em.const(weights.reshape(1, -1, 1, 1).astype(np.float32)))
+        scaled = em.Mul(em.unsqueeze(seed, [1]), em.Reshape(weights, em.ints([1, -1, 1, 1])))
         return em.Reshape(scaled, em.ints([0, -1, self._num_classes(seed)]))
 
     def _gradcam(self, seed: ir.Value, layer: str | None) -> ir.Value:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Method:
     modified: str | None = None  # a modified backward of the rule table's families ("guided")
-    batching: str | None = None  # "interpolate" (integrated gradients) or "noise" (SmoothGrad)
+    batching: str | None = None  # "interpolate" (integrated gradients), "noise" (SmoothGrad), "shap" (export/steps.py)
     times_input: bool = False  # multiply by (input - baseline)
     cam: bool = False  # Grad-CAM at a feature map; with `guided`, times guided backprop
     description: str = ""
@@ -26,6 +26,8 @@ METHOD_TABLE: dict[str, Method] = {
     "integrated_gradients": Method(batching="interpolate", times_input=True,
                                    description="mean gradient on the path from a baseline, times (input - baseline)"),
     "smoothgrad": Method(batching="noise", description="mean gradient over noisy copies of the input"),
+    "gradient_shap": Method(batching="shap", times_input=True,
+                            description="mean of gradient x (noisy input - baseline) at random points between them"),
     "gradcam": Method(cam=True, description="ReLU of the gradient-weighted last feature map, upsampled"),
     "guided_gradcam": Method(modified="guided", cam=True, description="guided backprop times Grad-CAM"),
     "deconvolution": Method(modified="deconvolution",
