@@ -21,6 +21,7 @@ from varrt.export.model_loading import Classifier, InputShape, format_input_shap
 from varrt.export.passes import TARGETS, optimize
 from varrt.export.perturbation import PerturbationOptions, perturbation_map
 from varrt.export.rules import lrp
+from varrt.export.steps import STEP_INPUTS, Steps, batch_steps
 from varrt.kernels.var_graph import append_var
 
 
@@ -41,6 +42,7 @@ def explain_graph(
     lrp_rule: str = "epsilon",
     epsilon: float = lrp.STABILITY,
     gamma: float = 0.25,
+    step_batch: int | None = None,
     var: bool = False,
     temperature: float = TEMPERATURE,
     tau: float = TAU,
@@ -78,6 +80,10 @@ def explain_graph(
     ``deeplift``. ``lrp_rule`` (``"epsilon"``, ``"gamma"``, ``"zplus"``) is the rule ``lrp`` runs on
     layers with weights; ``epsilon`` is the epsilon rule's stabiliser wherever that rule applies and
     ``gamma`` the gamma rule's factor (Captum's defaults; export/rules/lrp.py).
+    ``steps`` (integrated_gradients) and ``samples`` (smoothgrad, gradient_shap) are run as one
+    batch; with ``step_batch`` the graph instead takes the points of one run as an extra input
+    (``alphas`` or ``sample_weights``, export/steps.py), so a caller can bound memory by running
+    ``step_batch`` of them at a time and adding the runs' attributions (the Explainer does).
     ``target`` picks the graph passes run after the backward (export/passes/): "portable" (none:
     for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
     with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX
@@ -91,6 +97,7 @@ def explain_graph(
     spec = _checked_method(method, target, batch)
     _check_mask_batch(method, mask_batch)
     samples = samples if samples is not None else 2000 if method == "rise" else 16
+    _check_step_batch(method, spec, step_batch)
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
     settings = _lrp_settings(lrp_rule, epsilon, gamma) if spec.modified == "lrp" else {}
     name = name or (str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model"))
@@ -104,7 +111,7 @@ def explain_graph(
                                 mask_size=mask_size, keep=keep, chunk=chunk, seed=seed)
     try:
         outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                                mask_batch=mask_batch, classes=chosen, masks=masks)
+                                mask_batch=mask_batch, step_batch=step_batch, classes=chosen, masks=masks)
     except ModelError as error:  # rules name the node and op; the user also needs the file
         raise type(error)(f"{name}: {error}{_size_hint(clf.data_input)}") from error
     if var:
@@ -112,7 +119,7 @@ def explain_graph(
         outputs[VAR_ATTRIBUTIONS] = append_var(builder.em.tape, outputs[ATTRIBUTIONS], temperature=temperature,
                                                  tau=tau, opset=clf.opset, scale=var_scale, rank=rank)
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                   var=var, temperature=temperature, tau=tau, var_scale=var_scale,
+                   step_batch=step_batch, var=var, temperature=temperature, tau=tau, var_scale=var_scale,
                    classes=chosen and chosen.text, batch=batch, target=target)
     if spec.perturbation:  # their own options, recorded only where they apply
         options.update(window=window, stride=stride, mask_size=mask_size, keep=keep, chunk=chunk, seed=seed)
@@ -167,6 +174,15 @@ def _lrp_settings(rule: str, epsilon: float, gamma: float) -> dict:
     return {"lrp_rule": rule, "epsilon": float(epsilon), "gamma": float(gamma)}
 
 
+def _check_step_batch(method: str, spec: Method, step_batch: int | None) -> None:
+    if step_batch is None:
+        return
+    if spec.batching not in STEP_INPUTS:
+        raise UsageError(f"--step-batch is for methods that batch steps or samples, not {method}")
+    if isinstance(step_batch, bool) or not isinstance(step_batch, int) or step_batch < 1:
+        raise UsageError(f"--step-batch must be a positive integer (got {step_batch!r})")
+
+
 def _check_options(**values: float) -> None:
     for key in ("steps", "samples"):
         if int(values[key]) < 1:
@@ -187,8 +203,8 @@ class _Builder:
         self.image = clf.data_input
         self.wrt = clf.data_input  # what the backward differentiates: the batched image, if batched
 
-    def build(self, *, layer, steps, baseline, samples, noise, mask_batch, classes: ClassSpec | None,
-              masks: PerturbationOptions) -> dict[str, ir.Value]:
+    def build(self, *, layer, steps, baseline, samples, noise, mask_batch, step_batch,
+              classes: ClassSpec | None, masks: PerturbationOptions) -> dict[str, ir.Value]:
         em, spec = self.em, self.spec
         if spec.perturbation:  # forward-only: the model on masked copies, no backward
             logits = self._logits_2d()
@@ -196,13 +212,14 @@ class _Builder:
             attributions = perturbation_map(em, self.graph, self.image, logits, class_ids, masks)
             return {LOGITS: logits, CLASS_IDS: class_ids, ATTRIBUTIONS: attributions}
         image = self.image
-        blocks, block_weights = 1, np.ones(1)
+        steps_batch = None
         if spec.batching:
-            blocks, block_weights = self._batch_image(spec.batching, steps, baseline, samples, noise)
+            steps_batch = self._batch_image(spec.batching, steps, baseline, samples, noise, step_batch)
         logits_all = self.logits_all = self._logits_2d()
         logits = logits_all
-        if blocks > 1:  # block 0 is the image itself
-            logits = em.Gather(em.Reshape(logits_all, em.ints([blocks, -1, self._num_classes(logits_all)])),
+        if steps_batch is not None:  # block 0 is the image itself
+            logits = em.Gather(em.Reshape(logits_all, em.Concat(em.ints([-1]), em.shape(self.image, 0, 1),
+                                                                em.ints([self._num_classes(logits_all)]), axis=0)),
                                em.const(np.array(0, np.int64)), axis=0)
         class_ids = self._class_ids(logits, classes)
         seed = self._one_hot(class_ids, logits)  # [K, N, C]
@@ -219,17 +236,22 @@ class _Builder:
                 cam = em.Mul(guided, em.unsqueeze(cam, [2]))
             attributions = cam
         else:
-            seed_all = seed if blocks == 1 else self._seed_blocks(seed, block_weights)
+            seed_all = seed if steps_batch is None else self._seed_blocks(seed, steps_batch.weights)
             grad = backward(em, {logits_all: seed_all}, [self.wrt], modified_backward=spec.modified,
                             settings=self.settings)[0]
-            if spec.batching == "baseline":  # the image's half; the baseline's is not attributed
-                grad = em.Gather(em.Reshape(grad, em.Concat(em.ints([0, 2, -1]), em.shape(grad, 2), axis=0)),
-                                 em.const(np.array(0, np.int64)), axis=1)
-            elif blocks > 1:
-                grad = em.reduce_sum(em.Reshape(grad, em.Concat(em.ints([0, blocks, -1]), em.shape(grad, 2), axis=0)),
-                                     [1], keepdims=False)
-            if spec.times_input:
-                grad = em.Mul(grad, self.image if not spec.batching else em.Sub(self.image, self._baseline))
+            if steps_batch is not None:
+                if spec.batching == "baseline":  # the image's half; the baseline's is not attributed
+                    grad = em.Gather(em.Reshape(grad, em.Concat(em.ints([0, 2, -1]), em.shape(grad, 2), axis=0)),
+                                     em.const(np.array(0, np.int64)), axis=1)
+                else:
+                    if steps_batch.per_block is not None:
+                        grad = em.Mul(grad, steps_batch.per_block)
+                    grad = em.reduce_sum(em.Reshape(grad, em.Concat(em.ints([0, -1]), em.shape(self.image, 0, 1),
+                                                                    em.shape(grad, 2), axis=0)), [1], keepdims=False)
+                if steps_batch.after_sum is not None:
+                    grad = em.Mul(grad, steps_batch.after_sum)
+            elif spec.times_input:
+                grad = em.Mul(grad, self.image)
             attributions = grad
         rank = 4 if spec.pixel_map else len(self.image.shape) + 1  # type: ignore[arg-type]
         outputs[ATTRIBUTIONS] = em.Transpose(attributions, perm=[1, 0] + list(range(2, rank)))
@@ -278,8 +300,9 @@ class _Builder:
         rows = em.unsqueeze(em.Transpose(class_ids, perm=[1, 0]), [2])  # [K, N, 1]
         return em.cast_like(em.Equal(rows, classes), logits)
 
-    def _batch_image(self, kind: str, steps: int, baseline: float, samples: int, noise: float):
-        """Feed the forward [B*N, ...]: the image, then interpolation steps, noisy copies or the baseline."""
+    def _batch_image(self, kind: str, steps: int, baseline: float, samples: int, noise: float,
+                     step_batch: int | None) -> Steps:
+        """Feed the forward [(B + 1) * N, ...]: the image, then the B points (export/steps.py)."""
         em, image = self.em, self.image
         dims = list(image.shape or [])
         if dims and isinstance(dims[0], int):
@@ -291,50 +314,28 @@ class _Builder:
         inputs = self.graph.inputs
         inputs[inputs.index(image)] = user
         self.image = user
-        rank = len(dims)
-        stacked_shape = em.Concat(em.ints([-1]), em.shape(user, 1), axis=0)
-        if kind == "baseline":  # [x; baseline]: both halves are seeded, as in Captum's DeepLift
-            self._baseline = em.scalar(baseline, like=user)
-            batched = em.Concat(user, em.Expand(self._baseline, em.shape(user)), axis=0)
-            weights = np.ones(2)
-            blocks = 2
-        elif kind == "interpolate":
-            self._baseline = em.scalar(baseline, like=user)
-            # alpha = 1 first (the image itself, whose logits are reported), then 1/S ... (S-1)/S
-            alphas = np.array([1.0] + [s / steps for s in range(1, steps)], dtype=np.float32)
-            diff = em.Sub(user, self._baseline)
-            path = em.Add(self._baseline, em.Mul(em.const(alphas.reshape([steps] + [1] * rank)),
-                                                 em.unsqueeze(diff, [0])))
-            batched = em.Reshape(path, stacked_shape)
-            weights = np.full(steps, 1.0 / steps)
-            blocks = steps
-        else:
-            axes = list(range(1, rank))
-            spread = em.Sub(em.reduce("ReduceMax", user, axes), em.reduce("ReduceMin", user, axes))
-            sigma = em.Mul(spread, em.scalar(noise, like=user))
-            copies = em.Expand(em.unsqueeze(user, [0]),
-                               em.Concat(em.ints([samples]), em.shape(user), axis=0))
-            eps = em.RandomNormalLike(copies, seed=float(self.seed), dtype=int(user.dtype))  # type: ignore[arg-type]
-            noisy = em.Add(copies, em.Mul(eps, sigma))
-            batched = em.Reshape(em.Concat(em.unsqueeze(user, [0]), noisy, axis=0), stacked_shape)
-            weights = np.array([0.0] + [1.0 / samples] * samples)
-            blocks = samples + 1
+        batch = batch_steps(em, user, kind, steps=steps, baseline=baseline, samples=samples, noise=noise,
+                            seed=self.seed, step_batch=step_batch)
+        if batch.step_input is not None:
+            inputs.append(batch.step_input)
+        batched = batch.batched
         batched.type = image.type
         batched.shape = ir.Shape(["steps_x_N", *dims[1:]])
         image.replace_all_uses_with(batched)
         self.wrt = batched  # the forward now reads the batch; the old input value is gone
-        return blocks, weights
+        return batch
 
-    def _seed_blocks(self, seed: ir.Value, weights: np.ndarray) -> ir.Value:
-        """[K, N, C] -> [K, B*N, C], block b weighted by weights[b]."""
+    def _seed_blocks(self, seed: ir.Value, weights: ir.Value) -> ir.Value:
+        """[K, N, C] -> [K, (B + 1) * N, C], block b weighted by weights[b]."""
         em = self.em
-        scaled = em.Mul(em.unsqueeze(seed, [1]), em.const(weights.reshape(1, -1, 1, 1).astype(np.float32)))
+        scaled = em.Mul(em.unsqueeze(seed, [1]), em.Reshape(weights, em.ints([1, -1, 1, 1])))
         return em.Reshape(scaled, em.ints([0, -1, self._num_classes(seed)]))
 
 
 # batching kind -> (the method, what it stacks on the batch axis), for refusals
 _BATCHED = {"interpolate": ("integrated_gradients", "steps"), "noise": ("smoothgrad", "samples"),
-            "baseline": ("deeplift", "baseline"), "masks": ("occlusion and rise", "masked copies")}
+            "shap": ("gradient_shap", "samples"), "baseline": ("deeplift", "baseline"),
+            "masks": ("occlusion and rise", "masked copies")}
 
 
 def _rename_reserved(graph: ir.Graph) -> None:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Method:
     modified: str | None = None  # a modified backward of the rule table's families ("guided")
-    batching: str | None = None  # "interpolate" (integrated gradients), "noise" (SmoothGrad), "masks" (perturbation),
-    # "baseline" (DeepLIFT)
+    # how the image is batched: "interpolate" (integrated gradients), "noise" (SmoothGrad), "shap"
+    # (GradientSHAP) in export/steps.py; "baseline" (DeepLIFT: image and baseline); "masks" (perturbation)
+    batching: str | None = None
     times_input: bool = False  # multiply by (input - baseline)
     cam: str | None = None  # a CAM of export/cams.py at a feature map; with `guided`, times guided backprop
     perturbation: bool = False  # forward-only, on masked copies (export/perturbation.py); no backward
@@ -35,6 +36,8 @@ METHOD_TABLE: dict[str, Method] = {
     "integrated_gradients": Method(batching="interpolate", times_input=True,
                                    description="mean gradient on the path from a baseline, times (input - baseline)"),
     "smoothgrad": Method(batching="noise", description="mean gradient over noisy copies of the input"),
+    "gradient_shap": Method(batching="shap", times_input=True,
+                            description="mean of gradient x (noisy input - baseline) at random points between them"),
     "gradcam": Method(cam="gradcam", description="ReLU of the gradient-weighted last feature map, upsampled"),
     "guided_gradcam": Method(modified="guided", cam="gradcam", description="guided backprop times Grad-CAM"),
     "deconvolution": Method(modified="deconvolution",
