@@ -4,13 +4,14 @@
 rule (export/rules/table.py) for its input cotangents. It does the generic work so rules stay
 small: it restricts the walk to the gradient path (float values that depend on ``wrt`` and reach a
 seed), sums the cotangents of values with several consumers, applies the modified backward of the
-node's family (guided backprop), checks each rule answered one entry per input, and fails naming
+node's family (guided backprop, DeepLIFT, LRP), checks each rule answered one entry per input, and fails naming
 the op type, node and opset when a rule is missing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import onnx_ir as ir
 from varrt.core.errors import UnsupportedOpError
@@ -25,16 +26,18 @@ def backward(
     wrt: Sequence[ir.Value],
     *,
     modified_backward: str | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> list[ir.Value]:
     """Cotangents [K, *v.shape] of each value in ``wrt``, given cotangents of ``seeds``' keys.
 
     Each seed cotangent has the shape [K, *key.shape]. Values in ``wrt`` that no seed depends on
-    get an explicit zero tensor. ``modified_backward`` ("guided", "deconvolution") swaps the true
-    gradient for a modified one on the families that declare it.
+    get an explicit zero tensor. ``modified_backward`` ("guided", "deconvolution", "deeplift", "lrp") swaps the true
+    gradient for a modified one on the families that declare it; ``settings`` are its parameters
+    (LRP: ``rule``, ``epsilon``, ``gamma``).
     """
     forward_nodes = list(em.graph)  # snapshot: the nodes emitted below are not walked
     path = _gradient_path(forward_nodes, set(seeds), set(wrt))
-    ctx = Context(em)
+    ctx = Context(em, settings=settings or {})
     cotangents: dict[ir.Value, list[ir.Value]] = {value: [g] for value, g in seeds.items()}
 
     for node in reversed(forward_nodes):

@@ -14,12 +14,14 @@ from varrt.core.defaults import TAU, TEMPERATURE, VAR_SCALE
 from varrt.core.errors import ModelError, UsageError
 from varrt.core.version import __version__
 from varrt.export.autodiff import backward
+from varrt.export.cams import class_activation_map
 from varrt.export.emitter import Emitter
 from varrt.export.methods import METHOD_TABLE, METHODS, Method
 from varrt.export.model_loading import Classifier, InputShape, format_input_shape, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
-from varrt.export.rules.context import Context
-from varrt.export.rules.separable import probe_matrix, separable_vjp
+from varrt.export.perturbation import PerturbationOptions, perturbation_map
+from varrt.export.rules import lrp
+from varrt.export.steps import STEP_INPUTS, Steps, batch_steps
 from varrt.kernels.var_graph import append_var
 
 
@@ -30,8 +32,17 @@ def explain_graph(
     layer: str | None = None,
     steps: int = 32,
     baseline: float = 0.0,
-    samples: int = 16,
+    samples: int | None = None,
     noise: float = 0.15,
+    window: int = 16,
+    stride: int = 8,
+    mask_size: int = 7,
+    keep: float = 0.5,
+    chunk: int = 32,
+    lrp_rule: str = "epsilon",
+    epsilon: float = lrp.STABILITY,
+    gamma: float = 0.25,
+    step_batch: int | None = None,
     var: bool = False,
     temperature: float = TEMPERATURE,
     tau: float = TAU,
@@ -40,6 +51,7 @@ def explain_graph(
     seed: int = 0,
     batch: int | None = None,
     input_shape: InputShape | None = None,
+    mask_batch: int | None = None,
     name: str | None = None,
     target: str = "portable",
 ) -> onnx.ModelProto:
@@ -52,6 +64,10 @@ def explain_graph(
     ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
     standard ONNX ops are emitted.
 
+    ``samples``: SmoothGrad's noisy copies (default 16) or RISE's masks (default 2000). occlusion
+    (``window``, ``stride``, ``baseline``) and rise (``samples``, ``mask_size``, ``keep``, ``seed``)
+    run their masked copies ``chunk`` at a time in a Loop (export/perturbation.py).
+
     ``classes`` (``"top4+min"``, ``"topK"``, K, or class ids; ``varrt.core.classes``) builds the
     choice into the graph. ``name`` is what error messages call the model (default: its path, or
     the graph's name).
@@ -60,6 +76,14 @@ def explain_graph(
     ``input_shape`` fixes the image input's dimensions, e.g. ``(1, 3, 224, 224)``; a dimension given
     by name (``("N", 3, 224, 224)``) stays as the model has it. Models with dynamic height and width
     need it.
+    ``baseline`` is the pixel value of the baseline image for ``integrated_gradients`` and
+    ``deeplift``. ``lrp_rule`` (``"epsilon"``, ``"gamma"``, ``"zplus"``) is the rule ``lrp`` runs on
+    layers with weights; ``epsilon`` is the epsilon rule's stabiliser wherever that rule applies and
+    ``gamma`` the gamma rule's factor (Captum's defaults; export/rules/lrp.py).
+    ``steps`` (integrated_gradients) and ``samples`` (smoothgrad, gradient_shap) are run as one
+    batch; with ``step_batch`` the graph instead takes the points of one run as an extra input
+    (``alphas`` or ``sample_weights``, export/steps.py), so a caller can bound memory by running
+    ``step_batch`` of them at a time and adding the runs' attributions (the Explainer does).
     ``target`` picks the graph passes run after the backward (export/passes/): "portable" (none:
     for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
     with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX
@@ -71,17 +95,23 @@ def explain_graph(
     >>> logits, maps = session.run(None, {"input": images, "class_ids": ids})  # doctest: +SKIP
     """
     spec = _checked_method(method, target, batch)
+    _check_mask_batch(method, mask_batch)
+    samples = samples if samples is not None else 2000 if method == "rise" else 16
+    _check_step_batch(method, spec, step_batch)
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
+    settings = _lrp_settings(lrp_rule, epsilon, gamma) if spec.modified == "lrp" else {}
     name = name or (str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model"))
     chosen = None if classes is None else parse_classes(classes, var=var)
     proto = read_model(model)
     if {o.name for o in proto.graph.output} >= {LOGITS, ATTRIBUTIONS}:
         raise UsageError(f"{name}: is already an explanation graph (it has '{ATTRIBUTIONS}')")
     clf = load_classifier(proto, name, batch=batch, input_shape=input_shape)
-    builder = _Builder(clf, spec, seed)
+    builder = _Builder(clf, spec, seed, settings)
+    masks = PerturbationOptions(method=method, window=window, stride=stride, baseline=baseline, samples=samples,
+                                mask_size=mask_size, keep=keep, chunk=chunk, seed=seed)
     try:
         outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                                classes=chosen)
+                                mask_batch=mask_batch, step_batch=step_batch, classes=chosen, masks=masks)
     except ModelError as error:  # rules name the node and op; the user also needs the file
         raise type(error)(f"{name}: {error}{_size_hint(clf.data_input)}") from error
     if var:
@@ -89,10 +119,15 @@ def explain_graph(
         outputs[VAR_ATTRIBUTIONS] = append_var(builder.em.tape, outputs[ATTRIBUTIONS], temperature=temperature,
                                                  tau=tau, opset=clf.opset, scale=var_scale, rank=rank)
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
-                   var=var, temperature=temperature, tau=tau, var_scale=var_scale,
+                   step_batch=step_batch, var=var, temperature=temperature, tau=tau, var_scale=var_scale,
                    classes=chosen and chosen.text, batch=batch, target=target)
+    if spec.perturbation:  # their own options, recorded only where they apply
+        options.update(window=window, stride=stride, mask_size=mask_size, keep=keep, chunk=chunk, seed=seed)
+    options.update(settings)
     if input_shape is not None:
         options["input_shape"] = format_input_shape(input_shape)
+    if mask_batch is not None:
+        options["mask_batch"] = mask_batch
     return _finish(clf, outputs, options, "K" if chosen is None else chosen.k)
 
 
@@ -117,9 +152,35 @@ def _checked_method(method: str, target: str, batch: int | None) -> Method:
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
         raise UsageError(f"--batch must be a positive integer (got {batch!r})")
     if batch is not None and spec.batching:
-        raise UsageError(f"{method} runs its {'steps' if spec.batching == 'interpolate' else 'samples'} "
-                         "along the batch axis, so it cannot be fixed: leave --batch out")
+        raise UsageError(f"{method} runs its {_BATCHED[spec.batching][1]} along the batch axis, "
+                         "so it cannot be fixed: leave --batch out")
     return spec
+
+
+def _check_mask_batch(method: str, mask_batch: int | None) -> None:
+    if mask_batch is None:
+        return
+    if method != "scorecam":
+        raise UsageError(f"--mask-batch applies to scorecam only (method {method})")
+    if isinstance(mask_batch, bool) or not isinstance(mask_batch, int) or mask_batch < 1:
+        raise UsageError(f"--mask-batch must be a positive integer (got {mask_batch!r})")
+
+
+def _lrp_settings(rule: str, epsilon: float, gamma: float) -> dict:
+    if rule not in lrp.RULES:
+        raise UsageError(f"unknown --lrp-rule '{rule}' (choose from {', '.join(lrp.RULES)})")
+    if not epsilon > 0 or not gamma >= 0:
+        raise UsageError(f"--epsilon must be > 0 and --gamma >= 0 (got {epsilon}, {gamma})")
+    return {"lrp_rule": rule, "epsilon": float(epsilon), "gamma": float(gamma)}
+
+
+def _check_step_batch(method: str, spec: Method, step_batch: int | None) -> None:
+    if step_batch is None:
+        return
+    if spec.batching not in STEP_INPUTS:
+        raise UsageError(f"--step-batch is for methods that batch steps or samples, not {method}")
+    if isinstance(step_batch, bool) or not isinstance(step_batch, int) or step_batch < 1:
+        raise UsageError(f"--step-batch must be a positive integer (got {step_batch!r})")
 
 
 def _check_options(**values: float) -> None:
@@ -133,45 +194,66 @@ def _check_options(**values: float) -> None:
 class _Builder:
     """Emits one explanation into the classifier's graph."""
 
-    def __init__(self, clf: Classifier, spec: Method, seed: int):
+    def __init__(self, clf: Classifier, spec: Method, seed: int, settings: dict):
         self.clf, self.spec, self.seed = clf, spec, seed
+        self.settings = {"rule" if k == "lrp_rule" else k: v for k, v in settings.items()}
         self.graph = clf.model.graph
         _rename_reserved(self.graph)
         self.em = Emitter(self.graph, clf.opset)
         self.image = clf.data_input
         self.wrt = clf.data_input  # what the backward differentiates: the batched image, if batched
 
-    def build(self, *, layer, steps, baseline, samples, noise, classes: ClassSpec | None) -> dict[str, ir.Value]:
+    def build(self, *, layer, steps, baseline, samples, noise, mask_batch, step_batch,
+              classes: ClassSpec | None, masks: PerturbationOptions) -> dict[str, ir.Value]:
         em, spec = self.em, self.spec
+        if spec.perturbation:  # forward-only: the model on masked copies, no backward
+            logits = self._logits_2d()
+            class_ids = self._class_ids(logits, classes)
+            attributions = perturbation_map(em, self.graph, self.image, logits, class_ids, masks)
+            return {LOGITS: logits, CLASS_IDS: class_ids, ATTRIBUTIONS: attributions}
         image = self.image
-        blocks, block_weights = 1, np.ones(1)
+        steps_batch = None
         if spec.batching:
-            blocks, block_weights = self._batch_image(spec.batching, steps, baseline, samples, noise)
+            steps_batch = self._batch_image(spec.batching, steps, baseline, samples, noise, step_batch)
         logits_all = self.logits_all = self._logits_2d()
         logits = logits_all
-        if blocks > 1:  # block 0 is the image itself
-            logits = em.Gather(em.Reshape(logits_all, em.ints([blocks, -1, self._num_classes(logits_all)])),
+        if steps_batch is not None:  # block 0 is the image itself
+            logits = em.Gather(em.Reshape(logits_all, em.Concat(em.ints([-1]), em.shape(self.image, 0, 1),
+                                                                em.ints([self._num_classes(logits_all)]), axis=0)),
                                em.const(np.array(0, np.int64)), axis=0)
         class_ids = self._class_ids(logits, classes)
         seed = self._one_hot(class_ids, logits)  # [K, N, C]
+        if spec.relevance:
+            seed = em.Mul(seed, logits)
         outputs = {LOGITS: logits, CLASS_IDS: class_ids}
 
         if spec.cam:
-            cam = self._gradcam(seed, layer)  # [K, N, H, W]
+            cam = class_activation_map(em, self.graph, spec.cam, image=image, logits=logits_all, seed=seed,
+                                       num_classes=self._num_classes(logits), layer=layer,
+                                       mask_batch=mask_batch)  # [K, N, H, W]
             if spec.modified:
                 guided = backward(em, {logits_all: seed}, [image], modified_backward=spec.modified)[0]
                 cam = em.Mul(guided, em.unsqueeze(cam, [2]))
             attributions = cam
         else:
-            seed_all = seed if blocks == 1 else self._seed_blocks(seed, block_weights)
-            grad = backward(em, {logits_all: seed_all}, [self.wrt], modified_backward=spec.modified)[0]
-            if blocks > 1:
-                grad = em.reduce_sum(em.Reshape(grad, em.Concat(em.ints([0, blocks, -1]), em.shape(grad, 2), axis=0)),
-                                     [1], keepdims=False)
-            if spec.times_input:
-                grad = em.Mul(grad, self.image if not spec.batching else em.Sub(self.image, self._baseline))
+            seed_all = seed if steps_batch is None else self._seed_blocks(seed, steps_batch.weights)
+            grad = backward(em, {logits_all: seed_all}, [self.wrt], modified_backward=spec.modified,
+                            settings=self.settings)[0]
+            if steps_batch is not None:
+                if spec.batching == "baseline":  # the image's half; the baseline's is not attributed
+                    grad = em.Gather(em.Reshape(grad, em.Concat(em.ints([0, 2, -1]), em.shape(grad, 2), axis=0)),
+                                     em.const(np.array(0, np.int64)), axis=1)
+                else:
+                    if steps_batch.per_block is not None:
+                        grad = em.Mul(grad, steps_batch.per_block)
+                    grad = em.reduce_sum(em.Reshape(grad, em.Concat(em.ints([0, -1]), em.shape(self.image, 0, 1),
+                                                                    em.shape(grad, 2), axis=0)), [1], keepdims=False)
+                if steps_batch.after_sum is not None:
+                    grad = em.Mul(grad, steps_batch.after_sum)
+            elif spec.times_input:
+                grad = em.Mul(grad, self.image)
             attributions = grad
-        rank = 4 if spec.cam and not spec.modified else len(self.image.shape) + 1  # type: ignore[arg-type]
+        rank = 4 if spec.pixel_map else len(self.image.shape) + 1  # type: ignore[arg-type]
         outputs[ATTRIBUTIONS] = em.Transpose(attributions, perm=[1, 0] + list(range(2, rank)))
         return outputs
 
@@ -218,115 +300,42 @@ class _Builder:
         rows = em.unsqueeze(em.Transpose(class_ids, perm=[1, 0]), [2])  # [K, N, 1]
         return em.cast_like(em.Equal(rows, classes), logits)
 
-    def _batch_image(self, kind: str, steps: int, baseline: float, samples: int, noise: float):
-        """Feed the forward [B*N, ...]: the image, then interpolation steps or noisy copies."""
+    def _batch_image(self, kind: str, steps: int, baseline: float, samples: int, noise: float,
+                     step_batch: int | None) -> Steps:
+        """Feed the forward [(B + 1) * N, ...]: the image, then the B points (export/steps.py)."""
         em, image = self.em, self.image
         dims = list(image.shape or [])
         if dims and isinstance(dims[0], int):
-            method = "integrated_gradients" if kind == "interpolate" else "smoothgrad"
-            raise UsageError(f"{method} runs its steps as one batch, but the model's batch axis is fixed "
+            method, what = _BATCHED[kind]
+            raise UsageError(f"{method} runs its {what} as one batch, but the model's batch axis is fixed "
                              f"to {dims[0]}: export the model with a dynamic batch axis")
         user = ir.Value(name=image.name, type=image.type, shape=image.shape)
         image.name = f"{image.name}_batched"
         inputs = self.graph.inputs
         inputs[inputs.index(image)] = user
         self.image = user
-        rank = len(dims)
-        stacked_shape = em.Concat(em.ints([-1]), em.shape(user, 1), axis=0)
-        if kind == "interpolate":
-            self._baseline = em.scalar(baseline, like=user)
-            # alpha = 1 first (the image itself, whose logits are reported), then 1/S ... (S-1)/S
-            alphas = np.array([1.0] + [s / steps for s in range(1, steps)], dtype=np.float32)
-            diff = em.Sub(user, self._baseline)
-            path = em.Add(self._baseline, em.Mul(em.const(alphas.reshape([steps] + [1] * rank)),
-                                                 em.unsqueeze(diff, [0])))
-            batched = em.Reshape(path, stacked_shape)
-            weights = np.full(steps, 1.0 / steps)
-            blocks = steps
-        else:
-            axes = list(range(1, rank))
-            spread = em.Sub(em.reduce("ReduceMax", user, axes), em.reduce("ReduceMin", user, axes))
-            sigma = em.Mul(spread, em.scalar(noise, like=user))
-            copies = em.Expand(em.unsqueeze(user, [0]),
-                               em.Concat(em.ints([samples]), em.shape(user), axis=0))
-            eps = em.RandomNormalLike(copies, seed=float(self.seed), dtype=int(user.dtype))  # type: ignore[arg-type]
-            noisy = em.Add(copies, em.Mul(eps, sigma))
-            batched = em.Reshape(em.Concat(em.unsqueeze(user, [0]), noisy, axis=0), stacked_shape)
-            weights = np.array([0.0] + [1.0 / samples] * samples)
-            blocks = samples + 1
+        batch = batch_steps(em, user, kind, steps=steps, baseline=baseline, samples=samples, noise=noise,
+                            seed=self.seed, step_batch=step_batch)
+        if batch.step_input is not None:
+            inputs.append(batch.step_input)
+        batched = batch.batched
         batched.type = image.type
         batched.shape = ir.Shape(["steps_x_N", *dims[1:]])
         image.replace_all_uses_with(batched)
         self.wrt = batched  # the forward now reads the batch; the old input value is gone
-        return blocks, weights
+        return batch
 
-    def _seed_blocks(self, seed: ir.Value, weights: np.ndarray) -> ir.Value:
-        """[K, N, C] -> [K, B*N, C], block b weighted by weights[b]."""
+    def _seed_blocks(self, seed: ir.Value, weights: ir.Value) -> ir.Value:
+        """[K, N, C] -> [K, (B + 1) * N, C], block b weighted by weights[b]."""
         em = self.em
-        scaled = em.Mul(em.unsqueeze(seed, [1]), em.const(weights.reshape(1, -1, 1, 1).astype(np.float32)))
+        scaled = em.Mul(em.unsqueeze(seed, [1]), em.Reshape(weights, em.ints([1, -1, 1, 1])))
         return em.Reshape(scaled, em.ints([0, -1, self._num_classes(seed)]))
 
-    def _gradcam(self, seed: ir.Value, layer: str | None) -> ir.Value:
-        em = self.em
-        feature = _feature_map(self.graph, self.image, self.clf.logits_source, layer)
-        grad = backward(em, {self.logits_all: seed}, [feature])[0]  # [K, N, C, h, w]
-        weights = em.reduce_mean(grad, [3, 4], keepdims=True)
-        cam = em.Relu(em.reduce_sum(em.Mul(weights, feature), [2], keepdims=False))  # [K, N, h, w]
-        h, w = [int(d) for d in feature.shape[2:]]  # type: ignore[index,arg-type]
-        height, width = [int(d) for d in self.image.shape[2:]]  # type: ignore[index,arg-type]
-        up = [_bilinear_matrix(h, height), _bilinear_matrix(w, width)]
-        # separable_vjp applies A_h^T . g . A_w; the forward upsample is U_h . cam . U_w^T
-        return separable_vjp(Context(em), cam, [up[0].T.copy(), up[1].T.copy()])
 
-
-def _feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str | None) -> ir.Value:
-    """The Grad-CAM layer: named, or the last rank-4 map with H*W > 1 between image and logits."""
-    values = {v.name: v for node in graph for v in node.outputs}
-    if layer is not None:
-        if layer not in values:
-            raise UsageError(f"--layer '{layer}' names no value of the model")
-        chosen = values[layer]
-        if chosen.shape is None or len(chosen.shape) != 4:
-            raise UsageError(f"--layer '{layer}' is not a [N, C, H, W] feature map (shape {chosen.shape})")
-        return chosen
-    depends = {image}
-    candidates = []
-    for node in graph:
-        if any(v in depends for v in node.inputs if v is not None):
-            for v in node.outputs:
-                depends.add(v)
-                dims = list(v.shape) if v.shape is not None else []
-                if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) and int(dims[2]) * int(dims[3]) > 1:  # type: ignore[arg-type]
-                    candidates.append(v)
-    upstream = _ancestors(logits)
-    candidates = [v for v in candidates if v in upstream]
-    if not candidates:
-        raise ModelError("no spatial feature map [N, C, H, W] with H*W > 1 leads to the logits: pass --layer")
-    return candidates[-1]
-
-
-def _ancestors(value: ir.Value) -> set[ir.Value]:
-    seen, stack = {value}, [value]
-    while stack:
-        node = stack.pop().producer()
-        if node is None:
-            continue
-        for v in node.inputs:
-            if v is not None and v not in seen:
-                seen.add(v)
-                stack.append(v)
-    return seen
-
-
-def _bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
-    """[size_out, size_in]: bilinear upsampling with half-pixel centres (align_corners=False)."""
-    def make(axis: int, spatial_rank: int, in_size: int):
-        sizes = onnx.numpy_helper.from_array(np.array([in_size, 1, size_out], np.int64), "sizes")
-        node = onnx.helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="linear",
-                            coordinate_transformation_mode="half_pixel")
-        return node, [sizes]
-
-    return probe_matrix(make, 0, 1, size_in, 13)
+# batching kind -> (the method, what it stacks on the batch axis), for refusals
+_BATCHED = {"interpolate": ("integrated_gradients", "steps"), "noise": ("smoothgrad", "samples"),
+            "shap": ("gradient_shap", "samples"), "baseline": ("deeplift", "baseline"),
+            "masks": ("occlusion and rise", "masked copies")}
 
 
 def _rename_reserved(graph: ir.Graph) -> None:
@@ -384,6 +393,6 @@ def _output_shape(key: str, clf: Classifier, options: dict, k: int | str = "K") 
     if key == CLASS_IDS:
         return ir.Shape([batch, k])
     spec = METHOD_TABLE[options["method"]]
-    tail = image[2:] if spec.cam and not spec.modified else image[1:]
+    tail = image[2:] if spec.pixel_map else image[1:]
     return ir.Shape([batch, k, *tail])
 

@@ -9,7 +9,7 @@ with ``from_rows``. Nothing here knows of a runtime: layouts and fusions are the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +34,7 @@ ZERO: Any = _Zero()
 class Context:
     em: Emitter
     output_cotangents: list[Any] = field(default_factory=list)  # of the node at hand, None = none
+    settings: Mapping[str, Any] = field(default_factory=dict)  # the modified backward's (LRP's rule, epsilon)
     _class_batch: Any = None  # [K, N] as an int64 vector, emitted once per backward pass
     _row_shapes: dict[tuple[int, ...], ir.Value] = field(default_factory=dict)  # tail -> [K, N, *tail]
 
@@ -137,3 +138,7 @@ class Context:
                 self._row_shapes[key] = self.em.Concat(self._class_batch, self.em.ints(key), axis=0)
             return self.em.Reshape(rows, self._row_shapes[key])
         return self.em.Reshape(rows, self.em.Concat(self._class_batch, self.em.shape(rows, 1), axis=0))
+
+
+# A VJP rule (export/rules/table.py): the node's input cotangents given its output cotangent.
+Rule = Callable[[Context, ir.Node, Any], list]

@@ -11,27 +11,32 @@ A family says how the modified-backward methods treat its ops, so an op added to
 its treatment without touching the rule: guided backprop (Springenberg et al.) hands every
 rectifier only the positive part of its cotangent, as pytorch-grad-cam's and Captum's guided
 ReLU backward do; deconvolution (Zeiler & Fergus, Captum's Deconvolution) passes the rectified
-cotangent without the forward's mask.
+cotangent without the forward's mask. DeepLIFT (export/rules/deeplift.py) rescales every
+elementwise nonlinearity and has Captum's rule for MaxPool; LRP (export/rules/lrp.py) runs its
+chosen rule on the layers with weights, the epsilon rule on fixed linear maps and selections, and
+passes relevance through rectifiers and squashes unchanged. A family that declares ``undefined``
+for a method refuses it by name rather than fall back to the gradient.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import onnx_ir as ir
 from varrt.export.rules import activation as act
 from varrt.export.rules import arithmetic as ar
+from varrt.export.rules import deeplift as dl
 from varrt.export.rules import layout as lay
 from varrt.export.rules import linear as lin
+from varrt.export.rules import lrp
 from varrt.export.rules import normalization as norm
 from varrt.export.rules import pooling as pool
+from varrt.export.rules import recurrent as rec
 from varrt.export.rules import reduction as red
 from varrt.export.rules import resize as rsz
-from varrt.export.rules.context import Context
+from varrt.export.rules.context import Context, Rule
 
-Rule = Callable[[Context, ir.Node, Any], list]
 # A modified backward: the input cotangents of a node given its output cotangent and its true rule.
 Modifier = Callable[[Context, ir.Node, ir.Value, Rule], list]
 
@@ -60,16 +65,23 @@ class Family:
     modifiers: Mapping[str, Modifier] = field(default_factory=dict)  # modified backward -> its rule
 
 
-AFFINE = Family("affine")  # weighted sums of the input: Conv, Gemm, MatMul
-LINEAR = Family("linear")  # fixed linear maps: sums, means, pooling averages, resizing
+# Linear, affine and shape ops need no DeepLIFT rule: their gradient is their rescale multiplier.
+AFFINE = Family("affine", {"lrp": lrp.weighted})  # weighted sums of the input: Conv, Gemm, MatMul
+LINEAR = Family("linear", {"lrp": lrp.fixed})  # fixed linear maps: sums, means, pooling averages, resizing
 SHAPE = Family("shape")  # moves elements without changing them
-ELEMENTWISE = Family("elementwise")  # smooth pointwise functions and products
-RECTIFIER = Family("rectifier", {"guided": _guided, "deconvolution": _deconvolution})  # ReLU-like activations
-SELECTION = Family("selection")  # routes the cotangent to the chosen element (max, where)
-NORMALIZATION = Family("normalization")  # statistics over axes: norms, softmax, LRN
-CONSTANT = Family("constant")  # piecewise constant: zero derivative
+ELEMENTWISE = Family("elementwise", {"lrp": lrp.scaling})  # products, quotients, powers
+ACTIVATION = Family("activation", {"deeplift": dl.rescale, "lrp": lrp.undefined})  # smooth pointwise functions
+SQUASH = Family("squash", {"deeplift": dl.rescale, "lrp": lrp.identity})  # odd, saturating: Tanh
+RECTIFIER = Family("rectifier", {"guided": _guided, "deconvolution": _deconvolution,  # ReLU-like activations
+                                 "deeplift": dl.rescale, "lrp": lrp.identity})
+SELECTION = Family("selection", {"deeplift": dl.selection, "lrp": lrp.fixed})  # routes to the chosen element
+NORMALIZATION = Family("normalization", {"deeplift": dl.undefined,  # statistics over axes: norms, softmax, LRN
+                                         "lrp": lrp.undefined})
+CONSTANT = Family("constant", {"deeplift": dl.undefined, "lrp": lrp.undefined})  # piecewise constant
+RECURRENT = Family("recurrent", {"deeplift": dl.undefined,  # gated recurrences, unrolled over time
+                                    "lrp": lrp.undefined})
 
-MODIFIED_BACKWARDS = ("guided", "deconvolution")
+MODIFIED_BACKWARDS = ("guided", "deconvolution", "deeplift", "lrp")
 
 
 @dataclass(frozen=True)
@@ -81,7 +93,7 @@ class Row:
 
 
 RULES: tuple[Row, ...] = (
-    Row("Abs", act.absolute, ELEMENTWISE),
+    Row("Abs", act.absolute, ACTIVATION),
     Row("Add", ar.add, LINEAR),
     Row("AveragePool", pool.average_pool, LINEAR),
     Row("BatchNormalization", norm.batch_norm, AFFINE),
@@ -100,32 +112,34 @@ RULES: tuple[Row, ...] = (
     # LeakyRelu is: guided backprop passes only positive cotangents through every ReLU-like gate.
     Row("Elu", act.leaky_relu, RECTIFIER),
     Row("Einsum", lin.einsum, AFFINE, (12, None)),
-    Row("Erf", act.erf, ELEMENTWISE),
-    Row("Exp", act.exp, ELEMENTWISE),
+    Row("Erf", act.erf, SQUASH),
+    Row("Exp", act.exp, ACTIVATION),
     Row("Expand", ar.expand, SHAPE),
     Row("Flatten", lay.reshape, SHAPE),
     Row("Floor", ar.zero, CONSTANT),
     Row("Gather", lay.gather, SHAPE),
-    Row("Gelu", act.gelu, ELEMENTWISE, (20, None)),
+    Row("Gelu", act.gelu, ACTIVATION, (20, None)),
     Row("Gemm", lin.gemm, AFFINE),
+    Row("GRU", rec.gru, RECURRENT, (9, None)),  # default activations; static length; 9: ConstantOfShape
     Row("GlobalAveragePool", pool.global_average_pool, LINEAR),
     Row("GlobalMaxPool", pool.global_max_pool, SELECTION),
     Row("GroupNormalization", norm.group_norm_18, NORMALIZATION, (18, 20)),  # scale per group
     Row("GroupNormalization", norm.group_norm, NORMALIZATION, (21, None)),  # scale per channel
-    Row("HardSigmoid", act.hard_sigmoid, ELEMENTWISE),
-    Row("HardSwish", act.hard_swish, ELEMENTWISE, (14, None)),
+    Row("HardSigmoid", act.hard_sigmoid, ACTIVATION),
+    Row("HardSwish", act.hard_swish, ACTIVATION, (14, None)),
     Row("Identity", ar.identity, SHAPE),
     Row("InstanceNormalization", norm.instance_norm, NORMALIZATION),
     Row("LayerNormalization", norm.layer_norm, NORMALIZATION, (17, None)),
     Row("LeakyRelu", act.leaky_relu, RECTIFIER),
-    Row("Log", act.log, ELEMENTWISE),
+    Row("Log", act.log, ACTIVATION),
     Row("LogSoftmax", red.log_softmax_coerced, NORMALIZATION, (1, 12)),  # 2-D coercion at axis
     Row("LogSoftmax", red.log_softmax, NORMALIZATION, (13, None)),
     Row("LRN", norm.lrn, NORMALIZATION),
+    Row("LSTM", rec.lstm, RECURRENT, (9, None)),  # as GRU; no peepholes
     Row("MatMul", lin.matmul, AFFINE),
     Row("Max", ar.extremum, SELECTION),
     Row("MaxPool", pool.max_pool, SELECTION),
-    Row("Mish", act.mish, ELEMENTWISE, (18, None)),  # smooth, negative outputs: a Swish, not a gate
+    Row("Mish", act.mish, ACTIVATION, (18, None)),  # smooth, negative outputs: a Swish, not a gate
     Row("Mean", ar.mean, LINEAR),
     Row("Min", ar.extremum, SELECTION),
     Row("Mul", ar.mul, ELEMENTWISE),
@@ -133,7 +147,7 @@ RULES: tuple[Row, ...] = (
     Row("Pad", lay.pad, SHAPE),
     Row("Pow", ar.power, ELEMENTWISE),
     Row("PRelu", act.prelu, RECTIFIER),
-    Row("Reciprocal", act.reciprocal, ELEMENTWISE),
+    Row("Reciprocal", act.reciprocal, ACTIVATION),
     Row("ReduceL1", red.reduce_l1, ELEMENTWISE),
     Row("ReduceL2", red.reduce_l2, NORMALIZATION),
     Row("ReduceLogSumExp", red.reduce_log_sum_exp, NORMALIZATION),
@@ -148,20 +162,20 @@ RULES: tuple[Row, ...] = (
     Row("Resize", rsz.resize, LINEAR, (10, None)),
     Row("Round", ar.zero, CONSTANT, (11, None)),
     Row("Selu", act.selu, RECTIFIER),  # a scaled Elu: see Elu
-    Row("Sigmoid", act.sigmoid, ELEMENTWISE),
+    Row("Sigmoid", act.sigmoid, ACTIVATION),
     Row("Sign", ar.zero, CONSTANT, (9, None)),
     Row("Slice", lay.slice_, SHAPE),
     Row("Softmax", red.softmax_coerced, NORMALIZATION, (1, 12)),  # 2-D coercion at axis
     Row("Softmax", red.softmax, NORMALIZATION, (13, None)),
-    Row("Softplus", act.softplus, ELEMENTWISE),
-    Row("Softsign", act.softsign, ELEMENTWISE),  # a saturating squash like Tanh
+    Row("Softplus", act.softplus, ACTIVATION),
+    Row("Softsign", act.softsign, SQUASH),  # a saturating squash like Tanh
     Row("SpaceToDepth", lay.space_to_depth, SHAPE),
     Row("Split", lay.split, SHAPE),
-    Row("Sqrt", act.sqrt, ELEMENTWISE),
+    Row("Sqrt", act.sqrt, ACTIVATION),
     Row("Squeeze", lay.reshape, SHAPE),
     Row("Sub", ar.sub, LINEAR),
     Row("Sum", ar.add, LINEAR),
-    Row("Tanh", act.tanh, ELEMENTWISE),
+    Row("Tanh", act.tanh, SQUASH),
     # x above the threshold, 0 elsewhere: a ReLU whose gate opens at alpha instead of 0, so
     # guided backprop treats it as one.
     Row("ThresholdedRelu", act.thresholded_relu, RECTIFIER, (10, None)),

@@ -287,6 +287,17 @@ CASES = [
     ),
     Case("Resize", [X(1, 2, 4, 4), C([1, 1, 2, 2], np.float32)], opset=10, attrs=dict(mode="nearest")),
     Case("Upsample", [X(1, 2, 3, 4), C([1, 1, 2, 2], np.float32)], opset=9, attrs=dict(mode="linear")),
+    # recurrent: X [T, N, I], W [D, gates*H, I], R [D, gates*H, H], B [D, 2*gates*H], sequence_lens,
+    # initial_h (and initial_c) [D, N, H]; all three outputs (Y, Y_h, Y_c) get cotangents
+    Case("LSTM", [X(3, 2, 4), W(1, 12, 4), W(1, 12, 3), W(1, 24)], attrs=dict(hidden_size=3), outputs=3),
+    Case("LSTM", [X(4, 2, 3), W(2, 8, 3), W(2, 8, 2), W(2, 16), C([4, 4], np.int32), X(2, 2, 2), X(2, 2, 2)],
+         opset=14, attrs=dict(hidden_size=2, direction="bidirectional"), outputs=3),
+    Case("LSTM", [X(3, 1, 2), W(1, 8, 2), W(1, 8, 2)], attrs=dict(hidden_size=2, direction="reverse"), outputs=2),
+    Case("GRU", [X(3, 2, 4), W(1, 9, 4), W(1, 9, 3), W(1, 18)], attrs=dict(hidden_size=3, linear_before_reset=1),
+         outputs=2),
+    Case("GRU", [X(4, 2, 3), W(2, 6, 3), W(2, 6, 2), W(2, 12), NONE, X(2, 2, 2)], opset=14,
+         attrs=dict(hidden_size=2, direction="bidirectional"), outputs=2),
+    Case("GRU", [X(2, 1, 2), W(1, 6, 2), W(1, 6, 2)], opset=9, attrs=dict(hidden_size=2, direction="reverse")),
 ]
 
 # The newest opsets ONNX Runtime runs, for the rows added with issue 12 (their semantics did not
@@ -348,11 +359,12 @@ def _model(case: Case, rng: np.random.Generator, dtype) -> tuple[onnx.ModelProto
 SHAPE_OF_INPUT = {"GroupNormalization"}
 
 
-def _forward(model64: onnx.ModelProto, model32: onnx.ModelProto):
+def _forward(model64: onnx.ModelProto, model32: onnx.ModelProto, feeds64: dict[str, np.ndarray]):
     """(run(float64 feeds) -> float64 outputs, finite-difference step)."""
     options = dict(providers=["CPUExecutionProvider"])
     try:
         session = ort.InferenceSession(model64.SerializeToString(), **options)
+        session.run(None, feeds64)  # LSTM registers a float64 kernel that refuses to run
         return (lambda feeds: session.run(None, feeds)), 1e-6
     except Exception:  # no float64 kernel for this op: float32 with a step float32 can resolve
         session32 = ort.InferenceSession(model32.SerializeToString(), **options)
@@ -396,7 +408,7 @@ def test_rule_against_finite_differences(case: Case, target: str):
     emitted = [p for p in tensorrt_problems(grad_model, max_opset=25) if not p.startswith("node 0 ")]
     assert emitted == []
     session = ort.InferenceSession(grad_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    forward, eps = _forward(model64, model32)
+    forward, eps = _forward(model64, model32, feeds64)
     feeds = feeds64
     outputs = forward(feeds)
 
@@ -426,6 +438,13 @@ REFUSED = [
     (Case("ConvTranspose", [X(1, 2, 4, 4), W(2, 2, 3, 3)], attrs=dict(strides=[2, 2], auto_pad="SAME_UPPER")),
      "auto_pad=SAME_UPPER"),
     (Case("Pad", [X(2, 3, 4), C([0, -1, 1, 0, 1, 1])], opset=13, attrs=dict(mode="reflect")), "negative pads"),
+    (Case("LSTM", [X(3, 2, 4), W(1, 12, 4), W(1, 12, 3)], attrs=dict(hidden_size=3, clip=2.0)), "clip"),
+    (Case("LSTM", [X(3, 2, 4), W(1, 12, 4), W(1, 12, 3), NONE, NONE, NONE, NONE, W(1, 9)], attrs=dict(hidden_size=3)),
+     "peepholes"),
+    (Case("GRU", [X(3, 2, 4), W(1, 9, 4), W(1, 9, 3)],
+          attrs=dict(hidden_size=3, activations=["Sigmoid", "Relu"])), "not the default"),
+    (Case("GRU", [X(3, 2, 4), W(1, 9, 4), W(1, 9, 3), NONE, C([3, 2], np.int32)], attrs=dict(hidden_size=3)),
+     "sequence_lens"),
 ]
 
 
