@@ -40,6 +40,7 @@ from varrt.backends.select import choose_backend
 from varrt.core.errors import UsageError, VarrtError
 from varrt.core.options import ExplainOptions
 from varrt.explainer import Explainer
+from varrt.export import METHODS
 from varrt.export.model_loading import read_model
 from varrt.images import Preprocessing, fit, preprocessing_for
 from varrt.results import SCHEMA
@@ -117,8 +118,11 @@ def explain_dataset(
     Rows come in the dataset's order when Ray's ``preserve_order`` is set, else as actors finish.
     """
     ray = _ray()
+    RaySettings(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor)  # checks them
     proto = read_model(model)
     options = _options(explainer_options)
+    if options.method not in METHODS:  # here, not as a failed actor's traceback
+        raise UsageError(f"unknown method {options.method!r}: use one of {', '.join(METHODS)}")
     prep = preprocessing if preprocessing is not None else preprocessing_for(proto)
     chosen = pipeline.model_labels(proto) if labels is None else list(labels)
     name = str(model) if not isinstance(model, onnx.ModelProto) else None
@@ -156,6 +160,7 @@ class _ExplainActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         sources = [str(path) for path in batch["path"]]
         stems = [str(s) for s in batch["stem"]] if "stem" in batch else [Path(s).stem for s in sources]
+        pixels: list[np.ndarray | pipeline.Failed]
         if "image" in batch:  # decoded by ray.data.read_images
             pixels = [self._fit(image) for image in batch["image"]]
         else:
