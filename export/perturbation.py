@@ -305,6 +305,9 @@ class _MaskLoop:
         added = bem.MatMul(bem.Transpose(weights, perm=[1, 2, 0]), bem.Reshape(masks, bem.ints([self.chunk, -1])))
         total_out = bem.Add(total_in, added)
         inner.outputs.extend([bem.Identity(cond_in), total_out])
+        for node in inner:  # names unique across both scopes (each graph names its own values val_<i>)
+            for value in node.outputs:
+                value.name = f"varrt_chunk_{value.name}"
         start = em.Expand(em.scalar(0.0, like=self.image),
                           em.Concat(em.shape(self.class_ids), em.ints([self.pixels]), axis=0))
         trips = em.const(np.array(padded // self.chunk, np.int64))
