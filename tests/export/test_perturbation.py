@@ -49,7 +49,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 SHAPE, CLASSES = (3, 16, 16), 4
 
 
-def _linear_model(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
+def _linear_model(seed: int = 0, opset: int = 17) -> tuple[onnx.ModelProto, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     weights = rng.standard_normal((int(np.prod(SHAPE)), CLASSES)).astype(np.float32)
     bias = rng.standard_normal(CLASSES).astype(np.float32)
@@ -58,7 +58,9 @@ def _linear_model(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray, np.ndarra
         "linear", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", *SHAPE])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", CLASSES])],
         [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), weights, bias
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model, weights, bias
 
 
 def _shift_kernel(size: int, cells: int) -> np.ndarray:
@@ -113,6 +115,16 @@ def test_rise_chunk_does_not_change_the_map() -> None:
     ids = np.array([[1, 2], [0, 3]], np.int64)
     a, b = (_run(explain_graph(model, method="rise", samples=50, chunk=c), x, ids)["attributions"] for c in (50, 7))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["occlusion", "rise"])
+def test_opset_10_picks_the_scores_without_gather_elements(method: str) -> None:
+    """Below opset 11 the explained logits are picked with a one-hot sum: the same map as opset 17's."""
+    x = np.random.default_rng(4).uniform(-1, 1, (2, *SHAPE)).astype(np.float32)
+    ids = np.array([[1, 2], [0, 3]], np.int64)
+    old, new = (_run(explain_graph(_linear_model(opset=opset)[0], method=method, samples=30, window=6, stride=4),
+                     x, ids)["attributions"] for opset in (10, 17))
+    np.testing.assert_allclose(old, new, rtol=1e-5, atol=1e-5)
 
 
 def test_rise_masks_are_the_papers() -> None:
