@@ -205,6 +205,12 @@ def _method_option_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="gradcam / guided_gradcam: feature map (tensor name; default: the exporter's choice)",
     )
+    parser.add_argument("--window", type=int, default=None, help="occlusion: window side (default: the exporter's)")
+    parser.add_argument("--stride", type=int, default=None, help="occlusion: window step (default: the exporter's)")
+    parser.add_argument("--masks", type=int, default=None, metavar="N",
+                        help="rise: number of masks (default: the exporter's)")
+    parser.add_argument("--chunk", type=int, default=None, metavar="N",
+                        help="occlusion, rise: masked copies per forward (default: the exporter's)")
 
 
 def _explainer_settings(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
@@ -224,6 +230,12 @@ def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.layer is not None:
         for method in ("gradcam", "guided_gradcam"):
             options[method] = {"layer": args.layer}
+    perturbation = {"occlusion": {"window": args.window, "stride": args.stride, "chunk": args.chunk},
+                    "rise": {"samples": args.masks, "chunk": args.chunk}}
+    for method, given in perturbation.items():
+        given = {key: value for key, value in given.items() if value is not None}
+        if given:
+            options[method] = given
     return options
 
 

@@ -16,6 +16,12 @@ ONNX Runtime forward of the model is reported too, as the floor.
 ``run(...)`` returns the measurements as a dict (``varrt bench speed`` calls it). torch, captum and
 the efficientnet packages are test extras, imported where the reference flow runs.
 
+occlusion is timed against Captum's ``Occlusion`` with the same window, stride and baseline and
+``perturbations_per_eval`` = varrt's ``chunk`` (the same copies per forward); rise against a plain
+PyTorch RISE loop (``RiseLoop``: the paper's algorithm, batches of masked copies through the model,
+the K explained classes' logits weighted by the masks), on the very masks varrt builds (made once,
+untimed, where varrt builds them inside each call). Captum has no RISE.
+
 Note: Captum's GuidedBackprop only overrides ``nn.ReLU`` modules; EfficientNet-Lite uses ReLU6,
 so its "guided backprop" there is the plain gradient. This changes the maps, not the cost.
 """
@@ -30,7 +36,7 @@ import platform
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +82,15 @@ def export_onnx(model: Any, path: Path) -> Path:
 # --- the reference flow ---------------------------------------------------------------------------
 
 
-def captum_attributor(model: Any, method: str, steps: int = 32, samples: int = 16, noise: float = 0.15) -> Any:
-    """A function (x, target) -> attributions using the Captum class for ``method``."""
+def captum_attributor(model: Any, method: str, steps: int = 32, samples: int | None = None, noise: float = 0.15,
+                      **options: Any) -> Any:
+    """A function (x, target) -> attributions using the Captum class for ``method`` (for rise, a
+    ``RiseLoop``, which takes all K targets at once); ``options``: occlusion's and rise's."""
     from captum import attr
+
+    if method in ("occlusion", "rise"):
+        return _perturbation_reference(model, method, samples, **options)
+    samples = 16 if samples is None else samples
 
     if method == "gradient":
         saliency = attr.Saliency(model)
@@ -111,6 +123,54 @@ def captum_attributor(model: Any, method: str, steps: int = 32, samples: int = 1
     raise ValueError(f"unknown method {method!r}")
 
 
+def _perturbation_reference(model: Any, method: str, samples: int | None, **options: Any) -> Any:
+    from varrt.export.perturbation import PerturbationOptions
+
+    settings = PerturbationOptions(method=method, **options, **({} if samples is None else {"samples": samples}))
+    if method == "rise":
+        return RiseLoop(model, settings)
+    from captum import attr
+
+    occlusion = attr.Occlusion(model)
+    window = (INPUT_SHAPE[0], settings.window, settings.window)
+
+    def attribute(x: Any, target: Any) -> Any:
+        return occlusion.attribute(x, sliding_window_shapes=window, strides=settings.stride,
+                                   baselines=settings.baseline, target=target,
+                                   perturbations_per_eval=settings.chunk)
+
+    return attribute
+
+
+class RiseLoop:
+    """RISE in PyTorch as the paper's code runs it: masks made once, then ``chunk`` masked copies per
+    forward; the explained classes' logits weighted by the masks, / (masks * keep)."""
+
+    takes_all_classes = True  # one pass over the masks explains all K classes
+
+    def __init__(self, model: Any, settings: Any):
+        import torch
+        from varrt.export.perturbation import RiseTables
+
+        height, width = INPUT_SHAPE[1:]
+        tables = RiseTables.make(height, width, settings.samples, settings.mask_size, settings.keep, settings.seed)
+        self.model, self.settings = model, settings
+        self.masks = torch.from_numpy(tables.masks(height, width))  # [masks, H, W]
+
+    def __call__(self, x: Any, chosen: Any) -> Any:
+        import torch
+
+        n, k = chosen.shape
+        total = torch.zeros(n, k, x.shape[2] * x.shape[3])
+        with torch.no_grad():
+            for masks in torch.split(self.masks, self.settings.chunk):
+                copies = (x[None] * masks[:, None, None]).reshape(-1, *x.shape[1:])
+                logits = self.model(copies).reshape(len(masks), n, -1)
+                scores = logits.gather(2, chosen[None].expand(len(masks), n, k))  # [B, N, K]
+                total += scores.permute(1, 2, 0) @ masks.reshape(len(masks), -1)
+        return (total / (len(self.masks) * self.settings.keep)).reshape(n, k, *x.shape[2:])
+
+
 def var_torch(attributions: Any, temperature: float = TEMPERATURE, tau: float = TAU) -> Any:
     """The paper's VAR step in torch, class axis 1."""
     import torch
@@ -128,7 +188,10 @@ def reference_call(model: Any, attribute: Callable[[Any, Any], Any], images: Any
         logits = model(images)
     top = torch.topk(logits, k - 1, dim=1).indices
     chosen = torch.cat([top, logits.argmin(dim=1, keepdim=True)], dim=1)
-    maps = torch.stack([attribute(images, chosen[:, j]) for j in range(k)], dim=1)
+    if getattr(attribute, "takes_all_classes", False):
+        maps = attribute(images, chosen)
+    else:
+        maps = torch.stack([attribute(images, chosen[:, j]) for j in range(k)], dim=1)
     return var_torch(maps.detach())
 
 
@@ -147,29 +210,34 @@ def run(
     compare: bool = False,
     seed: int = 0,
     rounds: int = 5,
+    method_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Time the reference flow (latency at batch 1, throughput at each of ``batch_sizes``).
 
     With ``compare=True`` the same run also times varrt's Explainer (onnxruntime-cpu, same
     threads) and the plain ONNX Runtime forward at batch 1, and adds ``speedup`` = reference
     median / varrt median, and the same ratio per round (the flows alternate in ``rounds`` blocks).
+    ``method_options`` go to both flows (``captum_attributor`` and the Explainer).
     """
     import torch
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     model = load_torch_model()
-    attribute = captum_attributor(model, method)
+    options = dict(method_options or {})
+    attribute = captum_attributor(model, method, **options)
     rng = np.random.default_rng(seed)
     images = {b: rng.standard_normal((b, *INPUT_SHAPE), dtype=np.float32) for b in {1, *batch_sizes}}
 
     result: dict[str, Any] = {"flow": FLOW, "method": method, "k": k, "threads": threads, "throughput": {}}
+    if method_options:
+        result["method_options"] = dict(method_options)
     reference = functools.partial(reference_call, model, attribute, torch.from_numpy(images[1]), k)
     with tempfile.TemporaryDirectory(prefix="varrt-speed-") as tmp:
         flows: dict[str, Callable[[], Any]] = {"reference": reference}
         if compare:
             onnx_path = export_onnx(model, Path(tmp) / "efficientnet_lite0.onnx")
-            flows.update(_varrt_calls(onnx_path, Path(tmp) / "cache", method, k, images[1], threads))
+            flows.update(_varrt_calls(onnx_path, Path(tmp) / "cache", method, k, images[1], threads, options))
         # Each block starts after a pause and one untimed call: the flow before it leaves worker
         # threads spinning (OpenMP's default block time is 200 ms), which on two cores would bill
         # one flow for the other's threads.
@@ -197,7 +265,8 @@ def run(
 class _ExplainerCall:
     """One varrt explanation (Explainer on onnxruntime-cpu) as a timed call."""
 
-    def __init__(self, onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, threads: int):
+    def __init__(self, onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, threads: int,
+                 options: Mapping[str, Any]):
         self.images = images
         self.explainer = Explainer(
             str(onnx_path),
@@ -208,6 +277,7 @@ class _ExplainerCall:
             batch_size=len(images),
             cache_dir=cache_dir,
             backend_options={"threads": threads},
+            **options,
         )
 
     def __call__(self) -> Any:
@@ -218,13 +288,14 @@ class _ExplainerCall:
 
 
 def _varrt_calls(
-    onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, threads: int
+    onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, threads: int,
+    options: Mapping[str, Any],
 ) -> dict[str, Callable[[], Any]]:
     session = ort.InferenceSession(
         str(onnx_path), sess_options=cpu_session_options(threads), providers=["CPUExecutionProvider"]
     )
     return {
-        "varrt": _ExplainerCall(onnx_path, cache_dir, method, k, images, threads),
+        "varrt": _ExplainerCall(onnx_path, cache_dir, method, k, images, threads, options),
         "forward": functools.partial(session.run, None, {"input": images}),
     }
 
@@ -245,7 +316,8 @@ def format_table(result: dict[str, Any]) -> str:
         rows.append((result["ort_forward"]["flow"], result["ort_forward"]["latency_ms"]))
     width = max(len(name) for name, _ in rows)
     lines = [
-        f"VAR {result['method']} on EfficientNet-Lite0, batch 1, K={result['k']}, {result['threads']} CPU threads",
+        f"VAR {result['method']} on EfficientNet-Lite0, batch 1, K={result['k']}, {result['threads']} CPU threads"
+        + (f", options {result['method_options']}" if result.get("method_options") else ""),
         f"{'flow':<{width}}  {'median ms':>10}  {'min ms':>9}  {'p90 ms':>9}",
     ]
     for name, times in rows:
@@ -257,6 +329,15 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m varrt.bench.speed_reference", description=__doc__.splitlines()[0])
     parser.add_argument("--method", default="guided_backprop")
@@ -266,9 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="alternating blocks the repeats are split into")
     parser.add_argument("--out", type=Path, help="write the measurements as JSON here")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method option for both flows, e.g. window=32 (repeatable; numbers as numbers)")
     args = parser.parse_args(argv)
+    options = {key: _number(value) for key, _, value in (text.partition("=") for text in args.option)}
     result = run(args.method, (), args.k, args.repeats, warmup=args.warmup, threads=args.threads, compare=True,
-                 rounds=args.rounds)  # fmt: skip
+                 rounds=args.rounds, method_options=options)  # fmt: skip
     print(format_table(result))
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
