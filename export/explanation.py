@@ -14,7 +14,7 @@ from varrt.core.defaults import TAU, TEMPERATURE, VAR_SCALE
 from varrt.core.errors import ModelError, UsageError
 from varrt.core.version import __version__
 from varrt.export.autodiff import backward
-from varrt.export.emitter import Emitter
+from varrt.export.emitter import Emitter, float_dtype
 from varrt.export.methods import METHOD_TABLE, METHODS, Method
 from varrt.export.model_loading import Classifier, InputShape, format_input_shape, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
@@ -241,7 +241,7 @@ class _Builder:
         em = self.em
         classes = em.const(np.arange(self._num_classes(logits), dtype=np.int64))
         rows = em.unsqueeze(em.Transpose(class_ids, perm=[1, 0]), [2])  # [K, N, 1]
-        return em.cast_like(em.Equal(rows, classes), logits)
+        return em.cast_like(em.Equal(rows, classes), self.clf.logits_source)  # typed, unlike emitted values
 
     def _batch_image(self, kind: str, steps: int, baseline: float, samples: int, noise: float):
         """Feed the forward [B*N, ...]: the image, then interpolation steps, noisy copies or the baseline."""
@@ -293,7 +293,7 @@ class _Builder:
     def _seed_blocks(self, seed: ir.Value, weights: np.ndarray) -> ir.Value:
         """[K, N, C] -> [K, B*N, C], block b weighted by weights[b]."""
         em = self.em
-        scaled = em.Mul(em.unsqueeze(seed, [1]), em.const(weights.reshape(1, -1, 1, 1).astype(np.float32)))
+        scaled = em.Mul(em.unsqueeze(seed, [1]), em.const(weights.reshape(1, -1, 1, 1).astype(float_dtype(self.image))))
         return em.Reshape(scaled, em.ints([0, -1, self._num_classes(seed)]))
 
     def _gradcam(self, seed: ir.Value, layer: str | None) -> ir.Value:

@@ -96,7 +96,7 @@ class Explainer:
             (K min, opt, max), ``fp16``, ``workspace_bytes`` for TensorRT).
         name: what error messages call the model (default: its path, or the graph's name).
         method_options: passed to ``varrt.export.explain_graph`` (``layer``, ``steps``,
-            ``baseline``, ``samples``, ``noise``).
+            ``baseline``, ``samples``, ``noise``; ``lrp_rule``, ``epsilon``, ``gamma`` for ``lrp``).
 
     The settings are kept as one ``varrt.core.options.ExplainOptions`` (``options``), the record
     ``varrt explain`` fills from its arguments; ``Explainer.from_options`` takes one directly.
