@@ -273,7 +273,8 @@ def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The method options given on the command line (absent ones keep the exporter's defaults)."""
-    names = ("layer", "steps", "baseline", "samples", "noise", "window", "stride", "mask_size", "keep", "chunk", "seed")
+    names = ("layer", "steps", "baseline", "samples", "noise", "window", "stride", "mask_size", "keep", "chunk", "seed",
+             "lrp_rule", "epsilon", "gamma")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -503,7 +504,7 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--steps", type=int, help="integrated_gradients: interpolation steps (default 32)")
     group.add_argument("--baseline", type=float,
-                       help="integrated_gradients, occlusion: baseline pixel value (default 0.0)")
+                       help="integrated_gradients, deeplift, occlusion: baseline pixel value (default 0.0)")
     group.add_argument("--samples", type=int,
                        help="smoothgrad: noisy samples per image (default 16); rise: masks (default 2000)")
     group.add_argument(
@@ -516,6 +517,10 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--chunk", type=int,
                        help="occlusion, rise: masked copies per forward inside the graph (memory; default 32)")
     group.add_argument("--seed", type=int, help="rise, smoothgrad: random seed of the masks or noise (default 0)")
+    group.add_argument("--lrp-rule", choices=("epsilon", "gamma", "zplus"),
+                       help="lrp: the rule on layers with weights (default epsilon; Captum's)")
+    group.add_argument("--epsilon", type=float, help="lrp: the epsilon rule's stabiliser (default 1e-9)")
+    group.add_argument("--gamma", type=float, help="lrp: the gamma rule's factor (default 0.25)")
 
 
 def _add_var_options(parser: Any) -> None:

@@ -97,7 +97,7 @@ class Explainer:
         name: what error messages call the model (default: its path, or the graph's name).
         method_options: passed to ``varrt.export.explain_graph`` (``layer``, ``steps``,
             ``baseline``, ``samples``, ``noise``; occlusion's and rise's ``window``, ``stride``,
-            ``mask_size``, ``keep``, ``chunk``, ``seed``).
+            ``mask_size``, ``keep``, ``chunk``, ``seed``; ``lrp_rule``, ``epsilon``, ``gamma`` for ``lrp``).
 
     The settings are kept as one ``varrt.core.options.ExplainOptions`` (``options``), the record
     ``varrt explain`` fills from its arguments; ``Explainer.from_options`` takes one directly.

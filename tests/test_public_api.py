@@ -27,7 +27,7 @@ ALL = {
 }
 
 METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad", "gradcam",
-           "guided_gradcam", "deconvolution", "occlusion", "rise")
+           "guided_gradcam", "deconvolution", "occlusion", "rise", "deeplift", "lrp")
 
 # What README's Python examples import: (module, name), name None for `import module`.
 README_IMPORTS = {
