@@ -311,7 +311,7 @@ def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The method options given on the command line (absent ones keep the exporter's defaults)."""
-    names = ("layer", "steps", "baseline", "samples", "noise")
+    names = ("layer", "steps", "baseline", "samples", "noise", "step_batch")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -526,11 +526,14 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
         help="gradcam/guided_gradcam: the feature map to use (a value name; default: the last 4-D one)",
     )
     group.add_argument("--steps", type=int, help="integrated_gradients: interpolation steps (default 32)")
-    group.add_argument("--baseline", type=float, help="integrated_gradients: baseline pixel value (default 0.0)")
-    group.add_argument("--samples", type=int, help="smoothgrad: noisy samples per image (default 16)")
-    group.add_argument(
-        "--noise", type=float, help="smoothgrad: noise std as a fraction of the input range (default 0.15)"
-    )
+    group.add_argument("--baseline", type=float,
+                       help="integrated_gradients, gradient_shap: baseline pixel value (default 0.0)")
+    group.add_argument("--samples", type=int, help="smoothgrad, gradient_shap: random samples per image (default 16)")
+    group.add_argument("--noise", type=float, help="smoothgrad, gradient_shap: noise std as a fraction of the "
+                       "input range (default 0.15)")
+    group.add_argument("--step-batch", type=int, help="integrated_gradients, smoothgrad, gradient_shap: run this many "
+                       "steps or samples at a time, adding the runs (memory bound, as Captum's internal_batch_size; "
+                       "varrt export: the graph takes them as an input, alphas or sample_weights)")
 
 
 def _add_var_options(parser: Any) -> None:
