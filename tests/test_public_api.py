@@ -25,8 +25,8 @@ ALL = {
     "varrt.kernels": ["append_var", "var_maps"],
 }
 
-METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad", "gradcam",
-           "guided_gradcam", "deconvolution")
+METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad", "gradient_shap",
+           "gradcam", "guided_gradcam", "deconvolution")
 
 # What README's Python examples import: (module, name), name None for `import module`.
 README_IMPORTS = {
