@@ -226,7 +226,7 @@ def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.ig_steps is not None:
         options["integrated_gradients"] = {"steps": args.ig_steps}
     if args.samples is not None:
-        options["smoothgrad"] = {"samples": args.samples}
+        options["smoothgrad"] = options["gradient_shap"] = {"samples": args.samples}
     if args.layer is not None:
         for method in ("gradcam", "guided_gradcam"):
             options[method] = {"layer": args.layer}
@@ -589,6 +589,8 @@ def run_speed_command(args: argparse.Namespace) -> int:
     headers, rows = speed.table(report)
     print(f"speed: K = {report['settings']['k']}, {report['settings']['cpu_count']} CPU cores")
     print(format_table(headers, rows))
+    for line in speed.side_by_side(report):
+        print(line)
     for name, reason in report["backends_skipped"].items():
         print(f"skipped {name}: {reason}")
     if report.get("reference_skipped"):

@@ -308,6 +308,7 @@ def _reference_row(
         throughput_repeats=throughput_repeats,
         warmup=warmup,
         method_options=method_options,
+        compare=method in speed_reference.FLOOR_BLOCKS,  # side by side in rounds, and the floor
     )
     row = {"flow": REFERENCE_FLOW, "method": method, **measured}
     row.setdefault("throughput", {})
@@ -352,6 +353,21 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             ]
         rows.append(line)
     return headers, rows
+
+
+def side_by_side(report: dict[str, Any]) -> list[str]:
+    """Per-round ratios of the methods timed side by side with the reference (and against their floor)."""
+    lines = []
+    for row in report["results"]:
+        if row["flow"] != REFERENCE_FLOW or "speedup_per_round" not in row:
+            continue
+        rounds = ", ".join(f"{r:.2f}x" for r in row["speedup_per_round"])
+        line = f"{row['method']}: {REFERENCE_FLOW} / varrt per round (alternating): {rounds}"
+        if "varrt_over_floor_per_round" in row:
+            floor = ", ".join(f"{r:.2f}x" for r in row["varrt_over_floor_per_round"])
+            line += f"; varrt / {row['floor']['flow']} per round: {floor}"
+        lines.append(line)
+    return lines
 
 
 def _number(value: float | None) -> str:

@@ -49,6 +49,10 @@ from varrt.explainer import Explainer
 
 FLOW = "torch+captum"
 INPUT_SHAPE = (3, 224, 224)
+# Methods that average gradients over points, and their forward+backward blocks per image at the
+# exporter's defaults (the image itself, then 32 steps or 16 samples: export/steps.py): their floor
+# is that many runs of the gradient graph (one forward and K input-gradient backwards, batch 1).
+FLOOR_BLOCKS = {"integrated_gradients": 33, "smoothgrad": 17, "gradient_shap": 17}
 
 
 def load_torch_model() -> Any:
@@ -110,6 +114,16 @@ def captum_attributor(model: Any, method: str, steps: int = 32, samples: int | N
             return tunnel.attribute(x, target=target, nt_type="smoothgrad", nt_samples=samples, stdevs=stdev, abs=False)
 
         return smoothgrad
+    if method == "gradient_shap":
+        import torch
+
+        shap = attr.GradientShap(model)
+
+        def gradient_shap(x: Any, target: Any) -> Any:
+            stdev = noise * float(x.max() - x.min())
+            return shap.attribute(x, baselines=torch.zeros_like(x[:1]), n_samples=samples, stdevs=stdev, target=target)
+
+        return gradient_shap
     if method == "gradcam":
         gradcam = attr.LayerGradCam(model, model._conv_head)
 
@@ -254,6 +268,14 @@ def run(
             statistics.median(ref) / statistics.median(ours)
             for ref, ours in zip(split_evenly(seconds["reference"], rounds), split_evenly(seconds["varrt"], rounds))
         ]
+        if "floor" in seconds:
+            blocks = FLOOR_BLOCKS[method]
+            result["floor"] = {"flow": f"floor: {blocks} x gradient graph (forward + {k} backwards)",
+                               "latency_ms": latency_summary([blocks * t for t in seconds["floor"]])}
+            result["varrt_over_floor_per_round"] = [
+                statistics.median(ours) / (blocks * statistics.median(floor))
+                for ours, floor in zip(split_evenly(seconds["varrt"], rounds), split_evenly(seconds["floor"], rounds))
+            ]
     for batch in batch_sizes:
         batch_images = torch.from_numpy(images[batch])
         batch_seconds = timed(lambda: reference_call(model, attribute, batch_images, k), throughput_repeats, 1)  # noqa: B023
@@ -266,14 +288,14 @@ class _ExplainerCall:
     """One varrt explanation (Explainer on onnxruntime-cpu) as a timed call."""
 
     def __init__(self, onnx_path: Path, cache_dir: Path, method: str, k: int, images: np.ndarray, threads: int,
-                 options: Mapping[str, Any]):
+                 options: Mapping[str, Any], var: bool = True):  # fmt: skip
         self.images = images
         self.explainer = Explainer(
             str(onnx_path),
             method=method,
             classes=f"top{k - 1}+min",
             backend="onnxruntime-cpu",
-            var=True,
+            var=var,
             batch_size=len(images),
             cache_dir=cache_dir,
             backend_options={"threads": threads},
@@ -294,10 +316,13 @@ def _varrt_calls(
     session = ort.InferenceSession(
         str(onnx_path), sess_options=cpu_session_options(threads), providers=["CPUExecutionProvider"]
     )
-    return {
+    flows: dict[str, Callable[[], Any]] = {
         "varrt": _ExplainerCall(onnx_path, cache_dir, method, k, images, threads, options),
         "forward": functools.partial(session.run, None, {"input": images}),
     }
+    if method in FLOOR_BLOCKS:  # one gradient run: a forward and K input-gradient backwards
+        flows["floor"] = _ExplainerCall(onnx_path, cache_dir, "gradient", k, images, threads, {}, var=False)
+    return flows
 
 
 def _versions() -> dict[str, str]:
@@ -314,6 +339,8 @@ def format_table(result: dict[str, Any]) -> str:
     if "varrt" in result:
         rows.insert(0, (result["varrt"]["flow"], result["varrt"]["latency_ms"]))
         rows.append((result["ort_forward"]["flow"], result["ort_forward"]["latency_ms"]))
+    if "floor" in result:
+        rows.append((result["floor"]["flow"], result["floor"]["latency_ms"]))
     width = max(len(name) for name, _ in rows)
     lines = [
         f"VAR {result['method']} on EfficientNet-Lite0, batch 1, K={result['k']}, {result['threads']} CPU threads"
@@ -326,6 +353,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(f"speedup (reference / varrt, medians): {result['speedup']:.1f}x")
         per_round = ", ".join(f"{r:.1f}x" for r in result["speedup_per_round"])
         lines.append(f"speedup per round (flows alternate in rounds): {per_round}")
+    if "varrt_over_floor_per_round" in result:
+        per_round = ", ".join(f"{r:.2f}x" for r in result["varrt_over_floor_per_round"])
+        lines.append(f"varrt / floor per round: {per_round}")
     return "\n".join(lines)
 
 

@@ -26,8 +26,8 @@ ALL = {
     "varrt.ray": ["MAP_COLUMNS", "RaySettings", "explain_dataset"],  # needs the `ray` extra only when called
 }
 
-METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad", "gradcam",
-           "guided_gradcam", "deconvolution", "occlusion", "rise", "deeplift", "lrp")
+METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad", "gradient_shap",
+           "gradcam", "guided_gradcam", "deconvolution", "occlusion", "rise", "deeplift", "lrp")
 
 # What README's Python examples import: (module, name), name None for `import module`.
 README_IMPORTS = {
