@@ -27,7 +27,8 @@ ALL = {
 }
 
 METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad", "gradient_shap",
-           "gradcam", "guided_gradcam", "deconvolution", "occlusion", "rise", "deeplift", "lrp")
+           "gradcam", "guided_gradcam", "deconvolution", "gradcam_plus_plus", "xgradcam", "layercam", "hirescam",
+           "scorecam", "occlusion", "rise", "deeplift", "lrp")
 
 # What README's Python examples import: (module, name), name None for `import module`.
 README_IMPORTS = {
