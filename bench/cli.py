@@ -205,6 +205,12 @@ def _method_option_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="gradcam / guided_gradcam: feature map (tensor name; default: the exporter's choice)",
     )
+    parser.add_argument("--window", type=int, default=None, help="occlusion: window side (default: the exporter's)")
+    parser.add_argument("--stride", type=int, default=None, help="occlusion: window step (default: the exporter's)")
+    parser.add_argument("--masks", type=int, default=None, metavar="N",
+                        help="rise: number of masks (default: the exporter's)")
+    parser.add_argument("--chunk", type=int, default=None, metavar="N",
+                        help="occlusion, rise: masked copies per forward (default: the exporter's)")
 
 
 def _explainer_settings(args: argparse.Namespace, progress: Any) -> dict[str, Any]:
@@ -220,10 +226,16 @@ def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.ig_steps is not None:
         options["integrated_gradients"] = {"steps": args.ig_steps}
     if args.samples is not None:
-        options["smoothgrad"] = {"samples": args.samples}
+        options["smoothgrad"] = options["gradient_shap"] = {"samples": args.samples}
     if args.layer is not None:
         for method in ("gradcam", "guided_gradcam"):
             options[method] = {"layer": args.layer}
+    perturbation = {"occlusion": {"window": args.window, "stride": args.stride, "chunk": args.chunk},
+                    "rise": {"samples": args.masks, "chunk": args.chunk}}
+    for method, given in perturbation.items():
+        given = {key: value for key, value in given.items() if value is not None}
+        if given:
+            options[method] = given
     return options
 
 
@@ -577,6 +589,8 @@ def run_speed_command(args: argparse.Namespace) -> int:
     headers, rows = speed.table(report)
     print(f"speed: K = {report['settings']['k']}, {report['settings']['cpu_count']} CPU cores")
     print(format_table(headers, rows))
+    for line in speed.side_by_side(report):
+        print(line)
     for name, reason in report["backends_skipped"].items():
         print(f"skipped {name}: {reason}")
     if report.get("reference_skipped"):

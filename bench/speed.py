@@ -164,7 +164,7 @@ def run_speed(
         model, methods, chosen, batch_sizes, classes, repeats, throughput_repeats, warmup, factory, method_options
     )
     if torch_reference:
-        jobs += _reference_jobs(methods, batch_sizes, k, repeats, throughput_repeats, warmup)
+        jobs += _reference_jobs(methods, batch_sizes, k, repeats, throughput_repeats, warmup, method_options)
     report["results"].extend(_measure_all(jobs, progress))
     if torch_reference:
         report["ratios"] = reference_ratios(report["results"])
@@ -263,14 +263,16 @@ def _varrt_jobs(
 
 
 def _reference_jobs(
-    methods: Sequence[str], batch_sizes: Sequence[int], k: int, repeats: int, throughput_repeats: int, warmup: int
+    methods: Sequence[str], batch_sizes: Sequence[int], k: int, repeats: int, throughput_repeats: int, warmup: int,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[_Job]:
-    """One PyTorch reference measurement per method."""
+    """One PyTorch reference measurement per method (with the method options varrt gets)."""
     return [
         (
             f"{REFERENCE_FLOW} {method}",
             functools.partial(
-                _reference_row, speed_reference, method, batch_sizes, k, repeats, throughput_repeats, warmup
+                _reference_row, speed_reference, method, batch_sizes, k, repeats, throughput_repeats, warmup,
+                (method_options or {}).get(method),
             ),
         )
         for method in methods
@@ -295,6 +297,7 @@ def _reference_row(
     repeats: int,
     throughput_repeats: int,
     warmup: int,
+    method_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One row in the same format as ``measure_varrt``, from the reference module's ``run``."""
     measured = speed_reference.run(
@@ -304,6 +307,8 @@ def _reference_row(
         repeats=repeats,
         throughput_repeats=throughput_repeats,
         warmup=warmup,
+        method_options=method_options,
+        compare=method in speed_reference.FLOOR_BLOCKS,  # side by side in rounds, and the floor
     )
     row = {"flow": REFERENCE_FLOW, "method": method, **measured}
     row.setdefault("throughput", {})
@@ -348,6 +353,21 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             ]
         rows.append(line)
     return headers, rows
+
+
+def side_by_side(report: dict[str, Any]) -> list[str]:
+    """Per-round ratios of the methods timed side by side with the reference (and against their floor)."""
+    lines = []
+    for row in report["results"]:
+        if row["flow"] != REFERENCE_FLOW or "speedup_per_round" not in row:
+            continue
+        rounds = ", ".join(f"{r:.2f}x" for r in row["speedup_per_round"])
+        line = f"{row['method']}: {REFERENCE_FLOW} / varrt per round (alternating): {rounds}"
+        if "varrt_over_floor_per_round" in row:
+            floor = ", ".join(f"{r:.2f}x" for r in row["varrt_over_floor_per_round"])
+            line += f"; varrt / {row['floor']['flow']} per round: {floor}"
+        lines.append(line)
+    return lines
 
 
 def _number(value: float | None) -> str:

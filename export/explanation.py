@@ -298,7 +298,7 @@ class _Builder:
         em = self.em
         classes = em.const(np.arange(self._num_classes(logits), dtype=np.int64))
         rows = em.unsqueeze(em.Transpose(class_ids, perm=[1, 0]), [2])  # [K, N, 1]
-        return em.cast_like(em.Equal(rows, classes), logits)
+        return em.cast_like(em.Equal(rows, classes), self.clf.logits_source)  # typed, unlike emitted values
 
     def _batch_image(self, kind: str, steps: int, baseline: float, samples: int, noise: float,
                      step_batch: int | None) -> Steps:

@@ -2,9 +2,9 @@
 
 What comes out of ``load_classifier`` is a graph the rules can rely on:
 - initializers are not listed as graph inputs (old IR versions did that);
-- values computed from constants only (Constant, ConstantOfShape, Shape of a static tensor and
-  the arithmetic after them) are folded into initializers, so rules read weights, axes, pads and
-  indices as constants;
+- values computed from constants and known sizes (Constant, ConstantOfShape, Shape and the
+  arithmetic after it, also where only the batch axis is dynamic) are folded into initializers,
+  so rules read weights, axes, pads and indices as constants (export/shape_folding.py);
 - every value carries the dtype and shape ONNX shape inference found;
 - the one float data input and the logits (pre-softmax, 2-D) are identified.
 """
@@ -16,21 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
 from varrt.core.contract import MAX_OPSET, MIN_OPSET
 from varrt.core.errors import ModelError, UnsupportedOpError, UsageError
-
-# Ops folded when all their inputs are constants: the shape arithmetic and weight construction
-# exporters leave behind. A whitelist, because folding runs onnx.reference, whose kernels for
-# some numeric ops (BatchNormalization-9, Softmax-11, LRN) disagree with the spec.
-_FOLDABLE = {"Constant", "ConstantOfShape", "Shape", "Size", "Gather", "Concat", "Unsqueeze", "Squeeze",
-             "Reshape", "Slice", "Cast", "Range", "Add", "Sub", "Mul", "Div", "Neg", "Equal", "Where",
-             "Expand", "Transpose", "Identity", "Floor", "Ceil", "ReduceProd", "Min", "Max", "Abs", "Not",
-             "Tile", "Flatten", "Sqrt", "Reciprocal", "Pow"}
-_FOLD_LIMIT = 1 << 22  # elements; larger constant subgraphs are rare and left to the runtime
+from varrt.export.shape_folding import fold_constants
 
 # An image input's dims as users give them: a size fixes a dimension, a name leaves it dynamic.
 InputShape = Sequence[int | str]
@@ -88,14 +79,17 @@ def load_classifier(proto: onnx.ModelProto, name: str = "model", batch: int | No
             raise ModelError(f"{name}: initializer '{init.name}' is unreadable: {_first_line(error)}") from error
     _unknown_for_non_positive(model.graph)
     wanted = _wanted_dims(batch, input_shape, name)
-    if wanted is not None and fix_input_dims(model.graph, wanted, name):
-        infer_shapes(model, name)  # so that Shape of every value on the fixed input's path folds
-    fold_constants(model.graph)
+    if wanted is not None:
+        fix_input_dims(model.graph, wanted, name)
+    infer_shapes(model, name)  # so that Shape of every value with known sizes folds
+    fold_constants(model.graph)  # infers the shapes inference lost at computed sizes as it folds
     fold_pads_into_convs(model.graph)
     if wanted is not None:
         for node in model.graph:  # shapes inferred before folding keep the sizes folding removed
             for value in node.outputs:
                 value.shape = None
+        infer_shapes(model, name)
+        fold_constants(model.graph)
     infer_shapes(model, name)
     data_input = _data_input(model.graph, name)
     logits = _logits_source(model.graph, name)
@@ -309,40 +303,7 @@ def _logits_source(graph: ir.Graph, name: str) -> ir.Value:
     return value
 
 
-# -- constant folding ------------------------------------------------------------------------
-def fold_constants(graph: ir.Graph) -> None:
-    """Replace every value computable from constants alone by an initializer."""
-    from onnx.reference import ReferenceEvaluator  # ~60 ms to import; only folding needs it
-
-    for node in list(graph):
-        if node.domain not in ("", "ai.onnx") or node.op_type not in _FOLDABLE:
-            continue
-        if node.op_type == "Shape" and _static_shape(node.inputs[0]) is not None:
-            dims = np.asarray(_static_shape(node.inputs[0]), dtype=np.int64)
-            start = node.attributes.get_int("start", 0)
-            end = node.attributes.get_int("end", len(dims))
-            values: list[np.ndarray] = [dims[start:end]]
-        elif all(v is None or v.const_value is not None for v in node.inputs):
-            inputs = [v for v in node.inputs if v is not None]
-            if sum(int(v.const_value.size) for v in inputs) > _FOLD_LIMIT:  # type: ignore[union-attr,misc]
-                continue
-            try:
-                values = _evaluate(ReferenceEvaluator, node, graph.opset_imports)
-            except Exception:
-                continue  # the runtime computes it instead
-        else:
-            continue
-        for out, array in zip(node.outputs, values):
-            if out.is_graph_output() or not out.uses():
-                continue
-            name = graph.initializers.get(out.name or "") and f"{out.name}_folded" or out.name or "folded"
-            const = ir.Value(name=f"varrt_folded_{name}", shape=ir.Shape(array.shape),
-                             type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                             const_value=ir.tensor(array))
-            graph.register_initializer(const)
-            out.replace_all_uses_with(const)
-
-
+# -- folding -----------------------------------------------------------------------------------
 def fold_pads_into_convs(graph: ir.Graph) -> None:
     """Pad(zeros) -> Conv becomes one Conv with larger pads.
 
@@ -386,27 +347,6 @@ def _zero_pad_amounts(pad: ir.Node, opset: int) -> list[int] | None:
     if value is not None and (value.const_value is None or float(value.const_value.numpy().reshape(-1)[0]) != 0.0):
         return None
     return [int(v) for v in pads.const_value.numpy().reshape(-1)]
-
-
-def _evaluate(evaluator_cls, node: ir.Node, opsets: dict[str, int]) -> list[np.ndarray]:
-    proto_node = ir.serde.serialize_node(node)
-    names = [v.name or "" for v in node.inputs if v is not None]
-    feeds = {v.name: v.const_value.numpy() for v in node.inputs if v is not None}  # type: ignore[union-attr]
-    inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None) for n in names]
-    outputs = [onnx.helper.make_tensor_value_info(o.name or "", onnx.TensorProto.UNDEFINED, None)
-               for o in node.outputs]
-    graph = onnx.helper.make_graph([proto_node], "fold", inputs, outputs)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid(d, v)
-                                                         for d, v in opsets.items()])
-    results = evaluator_cls(model).run(None, feeds)
-    return [np.asarray(r) for r in results]
-
-
-def _static_shape(value: ir.Value | None) -> tuple[int, ...] | None:
-    if value is None or value.shape is None:
-        return None
-    dims = tuple(value.shape)
-    return dims if all(isinstance(d, int) for d in dims) else None  # type: ignore[return-value]
 
 
 def _first_line(error: BaseException) -> str:

@@ -45,6 +45,7 @@ masks themselves would at 224 x 224.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,7 +167,7 @@ def perturbation_map(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.V
     if isinstance(dims[0], int):  # the model's shape arithmetic may have folded that size in
         raise UsageError(f"{method} runs its masked copies along the batch axis, but the model's batch axis is "
                          f"fixed to {dims[0]}: export the model with a dynamic batch axis")
-    channels, height, width = (int(d) for d in dims[1:])  # type: ignore[call-overload]
+    channels, height, width = (int(d) for d in dims[1:])  # type: ignore[arg-type]
     options.check(height, width)
     loop = _MaskLoop(em, graph, image, logits, class_ids, height * width, options.chunk)
     if method == "occlusion":
@@ -189,14 +190,13 @@ def _occlusion(loop: _MaskLoop, options: PerturbationOptions, channels: int, hei
     chosen = loop.scores_of(loop.logits)  # [N, K]
     baseline = em.scalar(options.baseline, like=loop.image)
 
-    def body(bem: Emitter, index: ir.Value, image: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+    def body(bem: Emitter, index: ir.Value, image: ir.Value) -> tuple[ir.Value, ir.Value]:
         occluded = bem.Mul(bem.unsqueeze(bem.Gather(bem.const(row_table), index, axis=0), [2]),
                            bem.unsqueeze(bem.Gather(bem.const(col_table), index, axis=0), [1]))  # [B, H, W]
         window = bem.unsqueeze(occluded, [1, 2])  # [B, 1, 1, H, W]
         # Captum's arithmetic: input * (1 - mask) + baseline * mask
         copies = bem.Add(bem.Mul(image, bem.Sub(bem.scalar(1.0, like=occluded), window)), bem.Mul(baseline, window))
-        weights = bem.Sub(bem.unsqueeze(chosen, [0]), loop.copy_scores(bem, copies))  # [B, N, K]
-        return copies, weights, occluded
+        return bem.Sub(bem.unsqueeze(chosen, [0]), loop.copy_scores(bem, copies)), occluded  # drops [B, N, K]
 
     total = loop.run(body, padded)  # [N, K, H*W]
     mean = em.Div(total, em.const(covered))
@@ -212,7 +212,7 @@ def _rise(loop: _MaskLoop, options: PerturbationOptions, height: int, width: int
     shift_y = np.concatenate([tables.shift_y, np.zeros(extra, np.int64)])
     shift_x = np.concatenate([tables.shift_x, np.zeros(extra, np.int64)])
 
-    def body(bem: Emitter, index: ir.Value, image: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+    def body(bem: Emitter, index: ir.Value, image: ir.Value) -> tuple[ir.Value, ir.Value]:
         def upsampling(shifts: np.ndarray, table: np.ndarray, size: int) -> ir.Value:  # [B, size, s]
             offsets = bem.unsqueeze(bem.Gather(bem.const(shifts), index, axis=0), [1])
             return bem.Gather(bem.const(table), bem.Add(offsets, bem.const(np.arange(size, dtype=np.int64))), axis=0)
@@ -221,11 +221,16 @@ def _rise(loop: _MaskLoop, options: PerturbationOptions, height: int, width: int
         cols = bem.Transpose(upsampling(shift_x, tables.up_w, width), perm=[0, 2, 1])
         masks = bem.MatMul(bem.MatMul(upsampling(shift_y, tables.up_h, height), grid), cols)  # [B, H, W]
         copies = bem.Mul(image, bem.unsqueeze(masks, [1, 2]))
-        return copies, loop.copy_scores(bem, copies), masks
+        return loop.copy_scores(bem, copies), masks
 
     total = loop.run(body, padded)  # [N, K, H*W]
     scaled = em.Mul(total, em.scalar(1.0 / (options.samples * options.keep), like=loop.image))
     return em.Reshape(scaled, em.ints([0, 0, height, width]))
+
+
+#: A Loop body's work for one chunk: (emitter, mask indices [B], image [1, N, C, H, W]) ->
+#: (weights [B, N, K], masks [B, H, W]); the weights come from the model's scores of the copies.
+Body = Callable[[Emitter, ir.Value, ir.Value], tuple[ir.Value, ir.Value]]
 
 
 class _MaskLoop:
@@ -273,24 +278,23 @@ class _MaskLoop:
         return em.reduce_sum(em.Mul(em.unsqueeze(logits, [rank - 1]), one_hot), [rank], keepdims=False)
 
     def _clone_forward(self, bem: Emitter, images: ir.Value) -> ir.Value:
-        """The model's forward from ``images`` (a value of the body) to its logits, in the body."""
-        from onnx_ir._cloner import Cloner  # onnx-ir's own node cloner (outer values pass through)
-
-        cloner = Cloner(attr_map={}, value_map={self.image: images}, metadata_props={},
-                        allow_outer_scope_values=True)
+        """The model's forward from ``images`` (a value of the body) to its logits, in the body;
+        values it does not compute (weights, image-independent nodes) are read from the outer graph."""
+        copies: dict[ir.Value, ir.Value] = {self.image: images}
         for node in self.forward:
-            copy = cloner.clone_node(node)
-            for value in copy.outputs:
-                value.name = f"{value.name}_masked" if value.name else None
-                value.shape = None  # the body's batch is chunk * N, not the model's N
+            inputs = [copies.get(v, v) if v is not None else None for v in node.inputs]
+            copy = ir.Node(node.domain, node.op_type, inputs, list(node.attributes.values()),
+                           num_outputs=len(node.outputs), version=node.version,
+                           name=f"{node.name}_masked" if node.name else None)
+            for value, new in zip(node.outputs, copy.outputs, strict=True):
+                new.type = value.type  # the shape is left out: the body's batch is chunk * N, not N
+                copies[value] = new
             bem.graph.append(copy)
-        result = cloner._value_map[self.logits]
-        assert result is not None
-        return result
+        return copies[self.logits]
 
-    def run(self, body, padded: int) -> ir.Value:  # noqa: ANN001
-        """Run ``body(bem, index [B], image) -> (copies, weights [B, N, K], masks [B, H, W])`` over
-        the chunks; the sum over all masks of weights x masks, [N, K, H*W]."""
+    def run(self, body: Body, padded: int) -> ir.Value:
+        """Run ``body(bem, index [B], image) -> (weights [B, N, K], masks [B, H, W])`` over the
+        chunks; the sum over all masks of weights x masks, [N, K, H*W]."""
         em = self.em
         index_in = ir.Value(name="perturbation_chunk", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
         cond_in = ir.Value(name="perturbation_cond", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
@@ -301,10 +305,13 @@ class _MaskLoop:
         bem.const = em.const  # type: ignore[method-assign]  # tables live in the outer graph
         first = bem.Mul(index_in, bem.const(np.array(self.chunk, np.int64)))
         index = bem.Add(first, bem.const(np.arange(self.chunk, dtype=np.int64)))  # [B]
-        _, weights, masks = body(bem, index, bem.unsqueeze(self.image, [0]))
+        weights, masks = body(bem, index, bem.unsqueeze(self.image, [0]))
         added = bem.MatMul(bem.Transpose(weights, perm=[1, 2, 0]), bem.Reshape(masks, bem.ints([self.chunk, -1])))
         total_out = bem.Add(total_in, added)
         inner.outputs.extend([bem.Identity(cond_in), total_out])
+        for node in inner:  # names unique across both scopes (each graph names its own values val_<i>)
+            for value in node.outputs:
+                value.name = f"varrt_chunk_{value.name}"
         start = em.Expand(em.scalar(0.0, like=self.image),
                           em.Concat(em.shape(self.class_ids), em.ints([self.pixels]), axis=0))
         trips = em.const(np.array(padded // self.chunk, np.int64))

@@ -273,7 +273,8 @@ def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The method options given on the command line (absent ones keep the exporter's defaults)."""
-    names = ("layer", "steps", "baseline", "samples", "noise")
+    names = ("layer", "steps", "baseline", "samples", "noise", "window", "stride", "mask_size", "keep", "chunk", "seed",
+             "lrp_rule", "epsilon", "gamma", "step_batch")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -502,11 +503,26 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
         help="gradcam/guided_gradcam: the feature map to use (a value name; default: the last 4-D one)",
     )
     group.add_argument("--steps", type=int, help="integrated_gradients: interpolation steps (default 32)")
-    group.add_argument("--baseline", type=float, help="integrated_gradients: baseline pixel value (default 0.0)")
-    group.add_argument("--samples", type=int, help="smoothgrad: noisy samples per image (default 16)")
-    group.add_argument(
-        "--noise", type=float, help="smoothgrad: noise std as a fraction of the input range (default 0.15)"
-    )
+    group.add_argument("--baseline", type=float, help="integrated_gradients, gradient_shap, deeplift, occlusion: "
+                       "baseline pixel value (default 0.0)")
+    group.add_argument("--samples", type=int, help="smoothgrad, gradient_shap: random samples per image (default 16); "
+                       "rise: masks (default 2000)")
+    group.add_argument("--noise", type=float, help="smoothgrad, gradient_shap: noise std as a fraction of the input "
+                       "range (default 0.15)")
+    group.add_argument("--window", type=int, help="occlusion: side of the square window, pixels (default 16)")
+    group.add_argument("--stride", type=int, help="occlusion: step between windows, pixels (default 8)")
+    group.add_argument("--mask-size", type=int, help="rise: cells per side of the random grids (default 7)")
+    group.add_argument("--keep", type=float, help="rise: probability that a cell is kept (default 0.5)")
+    group.add_argument("--chunk", type=int,
+                       help="occlusion, rise: masked copies per forward inside the graph (memory; default 32)")
+    group.add_argument("--seed", type=int, help="rise, smoothgrad: random seed of the masks or noise (default 0)")
+    group.add_argument("--lrp-rule", choices=("epsilon", "gamma", "zplus"),
+                       help="lrp: the rule on layers with weights (default epsilon; Captum's)")
+    group.add_argument("--epsilon", type=float, help="lrp: the epsilon rule's stabiliser (default 1e-9)")
+    group.add_argument("--gamma", type=float, help="lrp: the gamma rule's factor (default 0.25)")
+    group.add_argument("--step-batch", type=int, help="integrated_gradients, smoothgrad, gradient_shap: run this many "
+                       "steps or samples at a time, adding the runs (memory bound, as Captum's internal_batch_size; "
+                       "varrt export: the graph takes them as an input, alphas or sample_weights)")
 
 
 def _add_var_options(parser: Any) -> None:

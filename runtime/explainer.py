@@ -30,6 +30,7 @@ from varrt.export import METHODS, explain_graph
 from varrt.export.methods import METHOD_TABLE
 from varrt.export.model_loading import read_model
 from varrt.kernels import var_maps
+from varrt.step_chunks import step_chunk_feeds
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,12 @@ class Explainer:
             (K min, opt, max), ``fp16``, ``workspace_bytes`` for TensorRT).
         name: what error messages call the model (default: its path, or the graph's name).
         method_options: passed to ``varrt.export.explain_graph`` (``layer``, ``steps``,
-            ``baseline``, ``samples``, ``noise``).
+            ``baseline``, ``samples``, ``noise``; occlusion's and rise's ``window``, ``stride``,
+            ``mask_size``, ``keep``, ``chunk``, ``seed``; ``lrp_rule``, ``epsilon``, ``gamma`` for
+            ``lrp``; ``step_batch``). With ``step_batch`` the steps (integrated_gradients) or
+            samples (smoothgrad, gradient_shap) run ``step_batch`` at a time and their
+            attributions are added (``varrt.step_chunks``), as Captum's
+            ``internal_batch_size``: memory grows with batch_size * (step_batch + 1) images.
 
     The settings are kept as one ``varrt.core.options.ExplainOptions`` (``options``), the record
     ``varrt explain`` fills from its arguments; ``Explainer.from_options`` takes one directly.
@@ -143,6 +149,10 @@ class Explainer:
         _check_method_options(method_options)
         self.options = options
         self.var_in_graph = var and var_in_graph
+        self._step_chunks = step_chunk_feeds(method, method_options)
+        if self._step_chunks and self.var_in_graph:
+            raise UsageError("step_batch adds the attributions of several runs, so VAR cannot be computed "
+                             "inside the graph: leave var_in_graph off")
         self.backend_options = dict(backend_options or {})
         self._model, self._model_bytes, self.name = _read_model(model, name)
         self._cache = GraphCache(cache_dir)
@@ -220,7 +230,7 @@ class Explainer:
             feeds = {self.input_name: images[start:stop]}
             if ids is not None:
                 feeds[CLASS_IDS] = ids[start:stop]
-            outputs = backend.run(feeds)
+            outputs = self._run(backend, feeds, shape)
             parts[LOGITS].append(outputs[LOGITS])
             parts[ATTRIBUTIONS].append(outputs[ATTRIBUTIONS])
             parts[CLASS_IDS].append(outputs[CLASS_IDS] if ids is None else feeds[CLASS_IDS])
@@ -241,6 +251,21 @@ class Explainer:
                 method=self.method,
                 backend=self.backend_name,
             )
+
+    def _run(self, backend: Backend, feeds: dict[str, Any], shape: tuple[int, int, int] | None) -> dict[str, Any]:
+        """One backend run, or with ``step_batch`` one run per chunk of steps, their attributions added;
+        the chunks after the first explain the classes the first chose (through the class_ids graph)."""
+        if not self._step_chunks:
+            return backend.run(feeds)
+        first = backend.run({**feeds, **self._step_chunks[0]})
+        if len(self._step_chunks) == 1:
+            return first
+        fed = backend if CLASS_IDS in feeds else self._variant_backend(_FED, shape)
+        rest = {self.input_name: feeds[self.input_name], CLASS_IDS: feeds.get(CLASS_IDS, first.get(CLASS_IDS))}
+        total = first[ATTRIBUTIONS]
+        for chunk in self._step_chunks[1:]:
+            total = total + fed.run({**rest, **chunk})[ATTRIBUTIONS]
+        return {**first, ATTRIBUTIONS: total}
 
     @property
     def timings(self) -> list[float]:

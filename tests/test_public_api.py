@@ -26,8 +26,9 @@ ALL = {
     "varrt.ray": ["MAP_COLUMNS", "RaySettings", "explain_dataset"],  # needs the `ray` extra only when called
 }
 
-METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad", "gradcam",
-           "guided_gradcam", "deconvolution")
+METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad", "gradient_shap",
+           "gradcam", "guided_gradcam", "deconvolution", "gradcam_plus_plus", "xgradcam", "layercam", "hirescam",
+           "scorecam", "occlusion", "rise", "deeplift", "lrp")
 
 # What README's Python examples import: (module, name), name None for `import module`.
 README_IMPORTS = {
@@ -82,8 +83,13 @@ EXPLAIN_GRAPH_ARGUMENTS = {
     "layer": None,
     "steps": 32,
     "baseline": 0.0,
-    "samples": 16,
+    "samples": None,  # the method's own: 16 (smoothgrad), 2000 (rise)
     "noise": 0.15,
+    "window": 16,
+    "stride": 8,
+    "mask_size": 7,
+    "keep": 0.5,
+    "chunk": 32,
     "var": False,
     "temperature": 10.0,
     "tau": 0.01,

@@ -50,11 +50,12 @@ def _signed(ctx: Context, v: ir.Value, like: ir.Value) -> ir.Value:
     return em.Reshape(em.Mul(_pairs(ctx, v, 0), signs), em.shape(v))
 
 
-def _where_tiny(ctx: Context, delta_in: ir.Value, gradient: ir.Value, numerator: ir.Value) -> ir.Value:
-    """numerator / delta_in, and ``gradient`` where |delta_in| < EPS (no division by zero there)."""
+def _where_tiny(ctx: Context, delta_in: ir.Value, gradient: ir.Value, numerator: ir.Value, x: ir.Value) -> ir.Value:
+    """numerator / delta_in, and ``gradient`` where |delta_in| < EPS (no division by zero there);
+    ``x`` is the forward input, whose dtype the constants take."""
     em = ctx.em
-    tiny = em.Less(em.Abs(delta_in), em.scalar(EPS, like=delta_in))
-    safe = em.Where(tiny, em.scalar(1.0, like=delta_in), delta_in)
+    tiny = em.Less(em.Abs(delta_in), em.scalar(EPS, like=x))
+    safe = em.Where(tiny, em.scalar(1.0, like=x), delta_in)
     return em.Where(tiny, gradient, em.Div(numerator, safe))
 
 
@@ -64,7 +65,7 @@ def rescale(ctx: Context, node: ir.Node, g: ir.Value, rule: Rule) -> list:
     gradient = rule(ctx, node, g)
     delta_in = em.Sub(x, _swapped(ctx, x, 0))  # x - x_ref in the image half, x_ref - x in the other
     delta_out = em.Sub(y, _swapped(ctx, y, 0))  # the same sign: the ratio is the same in both halves
-    return [_where_tiny(ctx, delta_in, gradient[0], em.Mul(g, delta_out))] + list(gradient[1:])
+    return [_where_tiny(ctx, delta_in, gradient[0], em.Mul(g, delta_out), x)] + list(gradient[1:])
 
 
 def max_pool(ctx: Context, node: ir.Node, g: ir.Value, rule: Rule) -> list:
@@ -76,7 +77,7 @@ def max_pool(ctx: Context, node: ir.Node, g: ir.Value, rule: Rule) -> list:
     routed = rule(ctx, node, em.Mul(g, gained))[0]  # each half through its own argmax
     total = em.Add(routed, _swapped(ctx, routed, 1))  # image part + baseline part, in both halves
     delta_in = _signed(ctx, em.Sub(x, _swapped(ctx, x, 0)), x)  # x - x_ref in both halves
-    return [_where_tiny(ctx, delta_in, rule(ctx, node, g)[0], total)] + [None] * (len(node.inputs) - 1)
+    return [_where_tiny(ctx, delta_in, rule(ctx, node, g)[0], total, x)] + [None] * (len(node.inputs) - 1)
 
 
 def selection(ctx: Context, node: ir.Node, g: ir.Value, rule: Rule) -> list:

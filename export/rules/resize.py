@@ -12,8 +12,10 @@ from varrt.export.rules.separable import probe_matrix, separable_vjp
 def resize(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     x, y = ctx.arg(node, 0), node.outputs[0]
     rank = ctx.rank(x)
-    in_dims = ctx.static_dims(node, x, range(rank))
-    out_dims = ctx.static_dims(node, y, range(rank))
+    if not _keeps_batch(ctx, node, x, y):
+        raise ctx.fail(node, f"needs to keep the batch axis: '{x.name}' {x.shape} resized to {y.shape}")
+    in_dims = [0] + ctx.static_dims(node, x, range(1, rank))  # the batch may be dynamic: 0 stands for it
+    out_dims = [0] + ctx.static_dims(node, y, range(1, rank))
     changed = [a for a in range(rank) if in_dims[a] != out_dims[a]]
     if rank not in (3, 4):
         raise ctx.fail(node, f"resizing a rank-{rank} tensor (only [N, C, L] and [N, C, H, W])")
@@ -31,6 +33,17 @@ def resize(ctx: Context, node: ir.Node, g: ir.Value) -> list:
         for i, a in enumerate(spatial)
     ]
     return [separable_vjp(ctx, g, matrices)] + [None] * (len(node.inputs) - 1)
+
+
+def _keeps_batch(ctx: Context, node: ir.Node, x: ir.Value, y: ir.Value) -> bool:
+    """Whether the output's batch axis is the input's: equal sizes, the same named dim, or scale 1."""
+    have, get = (x.shape or [None])[0], (y.shape or [None])[0]
+    if isinstance(have, int) or isinstance(get, int):
+        return have == get
+    name = getattr(have, "value", None)
+    if name is not None and name == getattr(get, "value", None):
+        return True
+    return _uses_scales(ctx, node) and _scales(ctx, node, ctx.rank(x))[0] == 1.0
 
 
 def _uses_scales(ctx: Context, node: ir.Node) -> bool:

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from varrt.export import METHODS, explain_graph
 from varrt.export.tensorrt_support import SUPPORTED, UNSUPPORTED, tensorrt_problems
 
-FAST_OPTIONS = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 4}}
+FAST_OPTIONS = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 4}, "gradient_shap": {"samples": 4}}
 
 
 def _torch_models():

@@ -1,0 +1,34 @@
+"""Running a batched-step method's graph over chunks of its steps (Captum's ``internal_batch_size``).
+
+A graph exported with ``step_batch`` (export/steps.py) takes the points of one run as an input:
+``alphas`` for integrated_gradients, ``sample_weights`` for smoothgrad and gradient_shap. Its
+attributions are that run's share of the weighted sum, so the chunks' attributions add up to the
+method's: memory grows with ``step_batch`` instead of with all the steps.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import numpy as np
+from varrt.export import explain_graph
+from varrt.export.methods import METHOD_TABLE
+from varrt.export.steps import STEP_INPUTS
+
+
+def step_chunk_feeds(method: str, options: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+    """The extra feed of each run, in order; empty when the graph takes its steps all at once."""
+    chunk = options.get("step_batch")
+    kind = METHOD_TABLE[method].batching
+    if chunk is None or kind is None:
+        return []
+    defaults = inspect.signature(explain_graph).parameters
+    key = "steps" if kind == "interpolate" else "samples"
+    count = int(options.get(key, defaults[key].default))
+    if kind == "interpolate":
+        values = (np.arange(1, count + 1) / count).astype(np.float32)  # as the graph's own alphas
+    else:
+        values = np.full(count, 1.0 / count, np.float32)
+    name = STEP_INPUTS[kind]
+    return [{name: values[start:start + chunk]} for start in range(0, count, chunk)]

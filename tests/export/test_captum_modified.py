@@ -1,0 +1,217 @@
+"""deeplift and lrp (each rule) against Captum's DeepLift and LRP on the same weights.
+
+DeepLIFT: a CNN with every family DeepLIFT rescales (ReLU, LeakyReLU, ELU; Sigmoid, Softplus; Tanh)
+and a MaxPool, no two of Captum's hooked modules adjacent: Captum 0.9's hooks then read a stale
+output gradient (captum#1104, fixed upstream by captum#1843), and its MaxPool fallback uses the
+first image's gradient for all (captum#1276, fixed by captum#1847); varrt computes the rules those
+fixes restore. EfficientNet-Lite0 with its real weights: Captum does not list nn.ReLU6, so the test
+adds it to Captum's table with Captum's own rescale function, and gives each call of the model's
+shared ReLU6 modules its own module (Captum's hooks need one module per call).
+
+LRP: a ReLU CNN of the module types Captum's LRP has rules for (Conv2d, MaxPool2d,
+AdaptiveAvgPool2d, Linear; ReLU). The chosen rule goes on Conv2d and Linear, the epsilon rule on
+the pools, as varrt assigns them. The gamma and z+ rules divide by z' of the reweighted layer, which
+can come close to 0 where the original activation is positive: float32 results then differ in the
+4th digit between any two implementations (Captum's float32 result is 5.6e-4 away from its own
+float64 one), so the reference is Captum in float64. Captum's LRP refuses EfficientNet-Lite0
+(no rule for its Conv2dStaticSamePadding, ZeroPad2d or ReLU6 modules): that is checked too.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import pytest
+from varrt.core.errors import ModelError
+from varrt.export import explain_graph
+
+torch = pytest.importorskip("torch", reason="PyTorch and Captum are the reference")
+captum_attr = pytest.importorskip("captum.attr", reason="Captum is the reference")
+import torch_models as tm  # noqa: E402
+from captum.attr._core import deep_lift  # noqa: E402
+from captum.attr._utils import lrp_rules  # noqa: E402
+from torch import nn  # noqa: E402
+
+REL_TOL = 1e-4
+
+
+class DeepLiftCNN(nn.Module):
+    """conv-maxpool, then a conv before each activation, global pool, linear."""
+
+    def __init__(self, acts: list[nn.Module]) -> None:
+        super().__init__()
+        self.conv1, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2)
+        self.body = nn.Sequential(*[m for act in acts for m in (nn.Conv2d(8, 8, 3, padding=1), act)])
+        self.fc = nn.Linear(8, tm.NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(self.pool(self.conv1(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class LrpCNN(nn.Module):
+    """conv-relu-maxpool, conv-relu, adaptive average pool (a module: Captum gives it a rule), linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.relu1, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)
+        self.conv2, self.relu2, self.avg = nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, tm.NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
+        return self.fc(torch.flatten(self.avg(x), 1))
+
+
+def _build(cls: Callable[[], nn.Module], seed: int) -> tuple[nn.Module, onnx.ModelProto]:
+    torch.manual_seed(seed)
+    model = cls().eval()
+    return model, tm.export_torchscript(model, tm.TOY_INPUT)
+
+
+def _per_class(attribute, x: np.ndarray, ids: np.ndarray, dtype=None) -> np.ndarray:  # noqa: ANN001
+    """Captum attributions [N, K, ...], one call per class slot (targets differ per image)."""
+    xt = torch.from_numpy(x).to(dtype or torch.float32)
+    return np.stack([attribute(xt, target=torch.from_numpy(ids[:, k])).detach().double().numpy()
+                     for k in range(ids.shape[1])], axis=1)  # fmt: skip
+
+
+def _compare(graph: onnx.ModelProto, x: np.ndarray, ids: np.ndarray, expected: np.ndarray, label: str,
+             tol: float = REL_TOL) -> None:  # fmt: skip
+    out = tm.run_explanation(graph, x, ids)
+    assert out["attributions"].shape == expected.shape, (out["attributions"].shape, expected.shape)
+    err = tm.rel_errors(out["attributions"], expected)
+    tm.record("modified backwards vs Captum: max relative error", label, "captum", err.max())
+    assert err.max() < tol, f"{label}: per (image, class) relative errors\n{err}"
+
+
+# ----------------------------------------------------------------------------------------- DeepLIFT
+RECTIFIERS = (lambda: DeepLiftCNN([nn.ReLU(), nn.LeakyReLU(0.1), nn.ReLU()]), 1e-4)
+# ONNX Runtime's float32 Tanh, Exp and Sigmoid are fast approximations a few ulps from PyTorch's;
+# the rescale multiplier (y - y_ref) / (x - x_ref) divides their difference by a small delta, which
+# turns those ulps into a few 1e-3 of the map through four layers (measured 2.7e-3; Captum's own
+# float32 map is 1.7e-2 from its float64 one on a deeper stack of them).
+SMOOTH = (lambda: DeepLiftCNN([nn.Tanh(), nn.ELU(), nn.Sigmoid(), nn.Softplus()]), 1e-2)
+
+
+@pytest.mark.parametrize(("net", "baseline"), [(RECTIFIERS, 0.0), (RECTIFIERS, 0.3), (SMOOTH, 0.0)],
+                         ids=["rectifiers-0", "rectifiers-0.3", "smooth-0"])
+def test_deeplift_cnn(net: tuple[Callable[[], nn.Module], float], baseline: float) -> None:
+    model, proto = _build(net[0], 12)
+    x, ids = tm.random_inputs(tm.TOY_INPUT, n=2, k=3, seed=21)
+    dl = captum_attr.DeepLift(model)
+    expected = _per_class(lambda xt, target: dl.attribute(xt, baselines=baseline, target=target), x, ids)
+    _compare(explain_graph(proto, method="deeplift", baseline=baseline), x, ids, expected,
+             f"cnn deeplift {type(model.body[1]).__name__}... baseline={baseline}", net[1])
+
+
+def test_deeplift_is_not_the_gradient_times_input() -> None:
+    """The multipliers matter: on the same net, input x gradient is far from DeepLIFT."""
+    _, proto = _build(RECTIFIERS[0], 12)
+    x, ids = tm.random_inputs(tm.TOY_INPUT, n=2, k=2, seed=22)
+    deeplift = tm.run_explanation(explain_graph(proto, method="deeplift"), x, ids)["attributions"]
+    ixg = tm.run_explanation(explain_graph(proto, method="input_x_gradient"), x, ids)["attributions"]
+    assert tm.rel_errors(deeplift, ixg).min() > 1e-2
+
+
+class _OneModulePerCall(nn.Module):
+    """A shared activation module whose calls each go through their own copy, in call order."""
+
+    def __init__(self, module: nn.Module, calls: int) -> None:
+        super().__init__()
+        self.copies, self.calls, self.next = nn.ModuleList(copy.deepcopy(module) for _ in range(calls)), calls, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.copies[self.next % self.calls]
+        self.next += 1
+        return module(x)
+
+
+@pytest.mark.slow
+def test_deeplift_efficientnet(effnet: nn.Module, effnet_onnx: onnx.ModelProto,
+                               monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    model = copy.deepcopy(effnet)
+    model._swish = _OneModulePerCall(model._swish, 2)  # stem and head
+    for block in model._blocks:
+        block._swish = _OneModulePerCall(block._swish, 2 if block._block_args.expand_ratio != 1 else 1)
+    monkeypatch.setitem(deep_lift.SUPPORTED_NON_LINEAR, nn.ReLU6, deep_lift.nonlinear)
+    x, _ = tm.random_inputs(tm.EFFICIENTNET_INPUT, n=2, seed=6)
+    ids = np.array([[1, 500], [999, 42]], np.int64)
+    dl = captum_attr.DeepLift(model)
+    expected = _per_class(lambda xt, target: dl.attribute(xt, baselines=0.0, target=target), x, ids)
+    _compare(explain_graph(effnet_onnx, method="deeplift"), x, ids, expected, "effnet deeplift")
+
+
+def test_deeplift_refuses_normalisations() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Flatten(), nn.LazyLinear(5)).eval()
+    model(torch.zeros(1, *tm.TOY_INPUT))
+    proto = tm.export_torchscript(model, tm.TOY_INPUT, opset=18)
+    with pytest.raises(ModelError, match="deeplift: DeepLIFT's rules .* define no multiplier"):
+        explain_graph(proto, method="deeplift")
+
+
+# ---------------------------------------------------------------------------------------------- LRP
+def _captum_lrp(model: nn.Module, x: np.ndarray, ids: np.ndarray, rule: str, epsilon: float,
+                gamma: float) -> np.ndarray:  # fmt: skip
+    reference = copy.deepcopy(model).double()
+    weighted = {"epsilon": lambda: lrp_rules.EpsilonRule(epsilon), "gamma": lambda: lrp_rules.GammaRule(gamma),
+                "zplus": lrp_rules.Alpha1_Beta0_Rule}[rule]  # fmt: skip
+
+    def attribute(xt: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        for layer in (reference.conv1, reference.conv2, reference.fc):
+            layer.rule = weighted()
+        for layer in (reference.pool, reference.avg):
+            layer.rule = lrp_rules.EpsilonRule(epsilon)
+        return captum_attr.LRP(reference).attribute(xt, target=target)
+
+    return _per_class(attribute, x, ids, torch.float64)
+
+
+# The gamma and z+ rules divide by z' of the reweighted layer (bias unchanged), which comes close to
+# 0 at some positive activations: measured 2.5e-5 (gamma 0.25), 1.2e-4 (gamma 1) and 1.1e-4 (z+)
+# from Captum in float64, where Captum's own float32 result is 5.6e-4 away on such a net.
+@pytest.mark.parametrize(("rule", "epsilon", "gamma", "tol"), [
+    ("epsilon", 1e-9, 0.25, REL_TOL), ("epsilon", 0.1, 0.25, REL_TOL),
+    ("gamma", 1e-9, 0.25, 1e-3), ("gamma", 1e-9, 1.0, 1e-3), ("zplus", 1e-9, 0.25, 1e-3),
+])  # fmt: skip
+def test_lrp_cnn(rule: str, epsilon: float, gamma: float, tol: float) -> None:
+    model, proto = _build(LrpCNN, 13)
+    x, ids = tm.random_inputs(tm.TOY_INPUT, n=2, k=3, seed=23)
+    expected = _captum_lrp(model, x, ids, rule, epsilon, gamma)
+    graph = explain_graph(proto, method="lrp", lrp_rule=rule, epsilon=epsilon, gamma=gamma)
+    _compare(graph, x, ids, expected, f"cnn lrp {rule} epsilon={epsilon:g} gamma={gamma:g}", tol)
+
+
+@pytest.mark.slow
+def test_lrp_efficientnet_is_refused_by_captum_and_explained_by_varrt(effnet: nn.Module,
+                                                                      effnet_onnx: onnx.ModelProto) -> None:
+    """Captum's LRP has no rule for EfficientNet-Lite0's modules, so there is no reference; varrt
+    explains it (ReLU6 is a rectifier: identity) with a finite map."""
+    x, _ = tm.random_inputs(tm.EFFICIENTNET_INPUT, n=1, seed=6)
+    with pytest.raises(TypeError, match="has no rule defined"):
+        captum_attr.LRP(copy.deepcopy(effnet)).attribute(torch.from_numpy(x), target=1)
+    out = tm.run_explanation(explain_graph(effnet_onnx, method="lrp"), x, np.array([[1]]))
+    assert np.isfinite(out["attributions"]).all()
+
+
+def test_lrp_refuses_layers_without_a_rule() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sigmoid(), nn.Flatten(), nn.LazyLinear(5)).eval()
+    model(torch.zeros(1, *tm.TOY_INPUT))
+    proto = tm.export_torchscript(model, tm.TOY_INPUT)
+    with pytest.raises(ModelError, match="lrp: LRP's rules .* define no relevance propagation"):
+        explain_graph(proto, method="lrp")
+
+
+def test_lrp_options_are_checked() -> None:
+    _, proto = _build(LrpCNN, 13)
+    from varrt.core.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown --lrp-rule 'alpha'"):
+        explain_graph(proto, method="lrp", lrp_rule="alpha")
+    with pytest.raises(UsageError, match="--epsilon must be > 0"):
+        explain_graph(proto, method="lrp", epsilon=0.0)
