@@ -4,9 +4,11 @@ Both run the model on many masked copies of the image and weigh each copy's clas
 its mask is. The copies are made and run inside the graph, ``chunk`` masks at a time: one ONNX
 ``Loop`` whose body holds a copy of the model's forward (its weights are read from the outer
 graph, not copied) and whose loop-carried state is the map being summed, [N, K, H*W]. Memory is
-that of one forward of ``chunk * N`` images, whatever the number of masks. The trip count and the
-accumulator's shape are fixed at export, as TensorRT's parser wants for Loop. The masks are built
-in the body from small constant tables computed at export with a seeded NumPy generator.
+that of one forward of ``chunk * N`` images, whatever the number of masks. The trip count is a
+constant and the accumulator keeps one shape through the iterations, no scan outputs: what the
+ONNX-TensorRT parser documents for Loop (export/tensorrt_support.py). The masks are built in the
+body from small constant tables computed at export with a seeded NumPy generator; the last chunk
+is padded with masks that add nothing (all-zero RISE masks, empty occlusion windows).
 
 occlusion (Zeiler & Fergus; exactly Captum's ``Occlusion`` with a window of (C, w, w) and strides
 s): windows at offsets 0, s, 2s, ... along each of H and W, ceil((H - w) / s) + 1 of them (the
