@@ -209,7 +209,8 @@ class _Builder:
         if spec.perturbation:  # forward-only: the model on masked copies, no backward
             logits = self._logits_2d()
             class_ids = self._class_ids(logits, classes)
-            attributions = perturbation_map(em, self.graph, self.image, logits, class_ids, masks)
+            attributions = perturbation_map(em, self.graph, self.image, logits, class_ids,
+                                            self._num_classes(logits), masks)
             return {LOGITS: logits, CLASS_IDS: class_ids, ATTRIBUTIONS: attributions}
         image = self.image
         steps_batch = None
