@@ -150,6 +150,9 @@ class Explainer:
         self.options = options
         self.var_in_graph = var and var_in_graph
         self._step_chunks = step_chunk_feeds(method, method_options)
+        # Where the graph chooses the classes, its first run takes one step only: the later runs go
+        # through the class_ids graph, so only that session's memory grows with step_batch.
+        self._step_chunks_chosen = step_chunk_feeds(method, method_options, first=1)
         if self._step_chunks and self.var_in_graph:
             raise UsageError("step_batch adds the attributions of several runs, so VAR cannot be computed "
                              "inside the graph: leave var_in_graph off")
@@ -255,15 +258,16 @@ class Explainer:
     def _run(self, backend: Backend, feeds: dict[str, Any], shape: tuple[int, int, int] | None) -> dict[str, Any]:
         """One backend run, or with ``step_batch`` one run per chunk of steps, their attributions added;
         the chunks after the first explain the classes the first chose (through the class_ids graph)."""
-        if not self._step_chunks:
+        chunks = self._step_chunks if CLASS_IDS in feeds else self._step_chunks_chosen
+        if not chunks:
             return backend.run(feeds)
-        first = backend.run({**feeds, **self._step_chunks[0]})
-        if len(self._step_chunks) == 1:
+        first = backend.run({**feeds, **chunks[0]})
+        if len(chunks) == 1:
             return first
         fed = backend if CLASS_IDS in feeds else self._variant_backend(_FED, shape)
         rest = {self.input_name: feeds[self.input_name], CLASS_IDS: feeds.get(CLASS_IDS, first.get(CLASS_IDS))}
         total = first[ATTRIBUTIONS]
-        for chunk in self._step_chunks[1:]:
+        for chunk in chunks[1:]:
             total = total + fed.run({**rest, **chunk})[ATTRIBUTIONS]
         return {**first, ATTRIBUTIONS: total}
 
