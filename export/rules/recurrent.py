@@ -118,7 +118,7 @@ def _check(ctx: Context, node: ir.Node) -> tuple[ir.Value, int, int, int]:
         raise ctx.fail(node, "layout=1 (batch first) is not supported; export with the sequence axis first")
     if node.attributes.get("clip") is not None:
         raise ctx.fail(node, "clip is not supported (the cell clipping changes the gradient)")
-    if op == "LSTM" and node.attributes.get_int("input_forget", 0):
+    if op == "LSTM" and node.attributes.get_int("input_forget", 0) != 0:
         raise ctx.fail(node, "input_forget=1 (coupled input and forget gates) is not supported")
     direction = node.attributes.get_string("direction", "forward")
     if direction not in ("forward", "reverse", "bidirectional"):
