@@ -134,7 +134,10 @@ def _check(ctx: Context, node: ir.Node) -> tuple[ir.Value, int, int, int]:
             raise ctx.fail(node, "peepholes (input P) are not supported")
     if not node.outputs or not node.outputs[0].name:
         raise ctx.fail(node, "needs its output Y (every hidden state) to recompute the gates")
-    (steps,) = ctx.static_dims(node, x, [0])
+    steps = ctx.dims(x)[0]
+    if steps is None:
+        raise ctx.fail(node, f"needs a static sequence length (axis 0 of '{x.name}', shape {x.shape}): "
+                             "its backward is unrolled over the steps")
     if len(node.inputs) > 4 and node.inputs[4] is not None:
         lengths = ctx.const(node, 4)
         if lengths is None or np.any(lengths != steps):
