@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="gradient", help=f"comma list of {', '.join(METHODS)} (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="one model per family and exporter")
     p.add_argument("--tiny", action="store_true", help="the CI models (tiny, 64x64), seconds each")
+    p.add_argument("--max-size", type=int, default=None,
+                   help="build models at most this high and wide where the architecture allows (a faster sweep)")
     p.add_argument("--timeout", type=float, default=1200, help="seconds per model (default: %(default)s)")
     p.add_argument("--rerun", action="store_true", help="check cells that results.jsonl already has again")
     p.add_argument("--list", action="store_true", help="print the catalog and exit")
@@ -62,10 +64,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.worker:
             exporter, model = args.worker
             family = next((e.family for e in [*CATALOG, *TINY] if e.exporter == exporter and e.model == model), "?")
-            sweep.worker(Entry(exporter, model, family, args.size), forms, methods, out)
+            sweep.worker(Entry(exporter, model, family, args.size), forms, methods, out, args.max_size)
             return 0
         if args.timeout <= 0:
             raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
+        if args.max_size is not None and args.max_size < 32:
+            raise UsageError(f"--max-size must be at least 32, got {args.max_size}")
         entries = select(args)
         if args.list:
             print("\n".join(f"{e.exporter:20s} {e.family:7s} {e.key}" for e in entries))
@@ -78,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    records = sweep.sweep(entries, forms, methods, out, args.timeout, args.rerun)
+    records = sweep.sweep(entries, forms, methods, out, args.timeout, args.rerun, args.max_size)
     for method in methods:
         print("\n" + matrix.summary(records, method) + "\n\n" + matrix.failures(records, method))
     print(f"\nwrote {out / 'matrix.md'}, matrix.csv, matrix.json ({out / matrix.RESULTS} resumes)")

@@ -7,6 +7,7 @@ architectures issue 12 named (dynamic-batch refusals, "needs static sizes", miss
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 CNN, VIT, HYBRID, MLP = "cnn", "vit", "hybrid", "mlp"
@@ -54,7 +55,9 @@ _PADDLE = {CNN: "resnet18 mobilenet_v2 mobilenet_v3_small shufflenet_v2_x0_5 squ
 
 
 def _entries(exporter: str, table: dict[str, str]) -> list[Entry]:
-    return [Entry(exporter, model, family) for family, names in table.items() for model in names.split()]
+    """The families interleaved, so that a sweep stopped early has checked some of each."""
+    columns = [[Entry(exporter, model, family) for model in names.split()] for family, names in table.items()]
+    return [entry for row in itertools.zip_longest(*columns) for entry in row if entry is not None]
 
 
 CATALOG: list[Entry] = [

@@ -75,7 +75,9 @@ def failures(records: list[Record], method: str = "gradient") -> str:
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for r in records:
         if r.method == method and r.status != "ok":
-            reason = r.reason if r.status != "wrong" else "max relative error >= tolerance"
+            reason = {"wrong": "max relative error >= 1e-2",
+                      "imprecise": "max relative error >= 1e-2, as the framework's own float32 gradient's"
+                      }.get(r.status, r.reason)  # fmt: skip
             groups[(r.status, reason)].append(f"{r.model} ({r.exporter.split('-', 1)[1]}, {r.form})")
     lines = []
     for (status, reason), cells in sorted(groups.items(), key=lambda item: -len(item[1])):
@@ -85,12 +87,13 @@ def failures(records: list[Record], method: str = "gradient") -> str:
 
 def markdown(records: list[Record], method: str = "gradient") -> str:
     """The matrix: one row per (exporter, model), one column per form."""
-    lines = ["| exporter | family | model | " + " | ".join(FORMS) + " | framework's own f32 error |",
-             "|---|---|---|" + "---|" * (len(FORMS) + 1)]  # fmt: skip
+    lines = ["| exporter | family | model | image | " + " | ".join(FORMS) + " | framework's own f32 error |",
+             "|---|---|---|---|" + "---|" * (len(FORMS) + 1)]  # fmt: skip
     for (exporter, family, model), forms in _rows(records, method).items():
         cells = [_cell(forms[f]) if f in forms else "-" for f in FORMS]
         f32 = next((r.framework_f32_error for r in forms.values() if r.framework_f32_error is not None), None)
-        lines.append(f"| {exporter} | {family} | {model} | " + " | ".join(cells) + f" | {_number(f32)} |")
+        image = next((r.image for r in forms.values() if r.image), "-")
+        lines.append(f"| {exporter} | {family} | {model} | {image} | " + " | ".join(cells) + f" | {_number(f32)} |")
     return "\n".join(lines)
 
 

@@ -25,28 +25,41 @@ def missing_framework(entry: Entry) -> str | None:
     return next((m for m in REQUIRES[FRAMEWORKS[entry.exporter]] if importlib.util.find_spec(m) is None), None)
 
 
-def subject(entry: Entry) -> Subject:
-    """The framework's Subject for ``entry``; imports only that framework."""
+def subject(entry: Entry, size: int | None = None) -> Subject:
+    """The framework's Subject for ``entry`` at ``size`` (default: the entry's, else the model's
+    own); imports only that framework."""
     framework = FRAMEWORKS[entry.exporter]
+    size = entry.size if size is None else size
     if framework == "timm":
         from varrt.bench.zoo.torch_zoo import TimmSubject
 
-        return TimmSubject(entry.model, entry.exporter.split("-", 1)[1], entry.size)
+        return TimmSubject(entry.model, entry.exporter.split("-", 1)[1], size)
     if framework == "keras":
         from varrt.bench.zoo.keras_zoo import KerasSubject
 
-        return KerasSubject(entry.model, entry.size)
+        return KerasSubject(entry.model, size)
     from varrt.bench.zoo.paddle_zoo import PaddleSubject
 
-    return PaddleSubject(entry.model, entry.size)
+    return PaddleSubject(entry.model, size)
 
 
-def run_model(entry: Entry, forms: Sequence[str], methods: Sequence[str], emit: Callable[[Record], None]) -> None:
+def _build(entry: Entry, max_size: int | None) -> Subject:
+    """At ``max_size`` where the architecture builds and runs there, else at its own size."""
+    if max_size is None or entry.size is not None:
+        return subject(entry)
+    try:
+        return subject(entry, max_size)
+    except Exception:  # fixed-size architectures (window or patch grids, fixed token counts)
+        return subject(entry)
+
+
+def run_model(entry: Entry, forms: Sequence[str], methods: Sequence[str], emit: Callable[[Record], None],
+              max_size: int | None = None) -> None:  # fmt: skip
     """Builds ``entry`` and checks it in this process."""
     base = Record(entry.exporter, entry.key, entry.family, "", "", "")
     started = time.perf_counter()
     try:
-        model = subject(entry)
+        model = _build(entry, max_size)
     except Exception as error:
         for form in forms:
             for method in methods:
@@ -62,14 +75,15 @@ def _print(record: Record) -> None:
           f"{record.status}{error} {record.reason} ({record.seconds:.0f} s)", flush=True)  # fmt: skip
 
 
-def worker(entry: Entry, forms: Sequence[str], methods: Sequence[str], out: pathlib.Path) -> None:
+def worker(entry: Entry, forms: Sequence[str], methods: Sequence[str], out: pathlib.Path,
+           max_size: int | None = None) -> None:  # fmt: skip
     """The child process: checks one model, appending each cell to results.jsonl."""
 
     def emit(record: Record) -> None:
         matrix.append(out, record)
         _print(record)
 
-    run_model(entry, forms, methods, emit)
+    run_model(entry, forms, methods, emit, max_size)
 
 
 def _todo(entry: Entry, forms: Sequence[str], methods: Sequence[str], done: set[tuple[str, str, str, str]]
@@ -78,7 +92,7 @@ def _todo(entry: Entry, forms: Sequence[str], methods: Sequence[str], done: set[
 
 
 def sweep(entries: Sequence[Entry], forms: Sequence[str], methods: Sequence[str], out: pathlib.Path,
-          timeout: float, rerun: bool) -> list[Record]:  # fmt: skip
+          timeout: float, rerun: bool, max_size: int | None = None) -> list[Record]:  # fmt: skip
     """Checks every entry not already checked (all of them with ``rerun``); returns every record."""
     out.mkdir(parents=True, exist_ok=True)
     done = set() if rerun else {(r.exporter, r.model, r.form, r.method) for r in matrix.read(out)}
@@ -91,7 +105,7 @@ def sweep(entries: Sequence[Entry], forms: Sequence[str], methods: Sequence[str]
             continue
         print(f"[{number}/{len(entries)}] {entry.exporter} {entry.key}", flush=True)
         status, reason = _run_child(entry, sorted({f for f, _ in todo}, key=forms.index),
-                                    sorted({m for _, m in todo}, key=methods.index), out, timeout)
+                                    sorted({m for _, m in todo}, key=methods.index), out, timeout, max_size)
         # cells the child did not write: it timed out or died
         written = {(r.exporter, r.model, r.form, r.method) for r in matrix.read(out)}
         for form, method in _todo(entry, forms, methods, written):
@@ -100,13 +114,15 @@ def sweep(entries: Sequence[Entry], forms: Sequence[str], methods: Sequence[str]
     return matrix.read(out)
 
 
-def _run_child(entry: Entry, forms: Sequence[str], methods: Sequence[str], out: pathlib.Path, timeout: float
-               ) -> tuple[str, str]:  # fmt: skip
+def _run_child(entry: Entry, forms: Sequence[str], methods: Sequence[str], out: pathlib.Path, timeout: float,
+               max_size: int | None) -> tuple[str, str]:  # fmt: skip
     """Checks one model in a child process; returns the status and reason of cells it left unwritten."""
     command = [sys.executable, "-m", "varrt.bench.zoo", "--worker", entry.exporter, entry.model,
                "--forms", ",".join(forms), "--methods", ",".join(methods), "--out", str(out)]  # fmt: skip
     if entry.size is not None:
         command += ["--size", str(entry.size)]
+    if max_size is not None:
+        command += ["--max-size", str(max_size)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONWARNINGS": "ignore"}
     with open(out / "worker.log", "a") as log:
         log.write(f"\n=== {entry.exporter} {entry.key}\n")

@@ -7,23 +7,13 @@ and go on with attention (learned biases gathered by constant indices), BatchNor
 or pooling and LayerNorm blocks (EfficientFormer). Both exporters; the model's dynamic batch with
 N=2, K=2 and N=1, K=1; and the batch fixed to 1 (the CPU Explainer's graphs).
 
-timm imports torchvision when it is imported (FrozenBatchNorm2d in timm.layers, transforms in
-timm.data), every release does, although these two models never call it. PyPI's torchvision wheels
-are CUDA builds that cannot load beside the CPU torch ("operator torchvision::nms does not exist"),
-so where torchvision fails to import, timm is imported against a stand-in module whose attributes
-raise if anything calls them; the stand-in is removed again once timm is imported.
+timm is imported beside a stand-in torchvision where the real one cannot load
+(varrt.bench.zoo.torchvision_stand_in, shared with the zoo sweep).
 """
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import importlib.util
-import sys
-import types
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 import onnx
@@ -34,6 +24,7 @@ if importlib.util.find_spec("timm") is None:
     pytest.skip("timm is not installed (the test extra pins it: pip install -e '.[test]')", allow_module_level=True)
 
 import torch_models as tm  # noqa: E402
+from varrt.bench.zoo.torchvision_stand_in import import_timm  # noqa: E402
 from varrt.export import explain_graph  # noqa: E402
 
 INPUT = (3, 224, 224)
@@ -45,75 +36,7 @@ REL_TOL = 1e-4
 MODELS = ["levit_128s", "efficientformer_l1"]
 
 
-# ------------------------------------------------------------------------------ importing timm
-class _Placeholder:
-    """Any attribute of the stand-in torchvision: usable as a name, a default or a base class."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, item: str) -> _Placeholder:
-        return _Placeholder(f"{self._name}.{item}")
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError(f"{self._name}: torchvision cannot be loaded here (a stand-in was imported)")
-
-    def __mro_entries__(self, bases: tuple) -> tuple:
-        return (object,)
-
-
-class _StandInModule(types.ModuleType):
-    def __getattr__(self, item: str) -> _Placeholder:
-        if item.startswith("__"):
-            raise AttributeError(item)
-        return _Placeholder(f"{self.__name__}.{item}")
-
-
-class _StandInFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname.split(".")[0] != "torchvision":
-            return None
-        return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        module = _StandInModule(spec.name)
-        module.__path__ = []
-        return module
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        pass
-
-
-def _forget_torchvision() -> None:
-    for name in [m for m in sys.modules if m.split(".")[0] == "torchvision"]:
-        del sys.modules[name]
-
-
-@contextmanager
-def _torchvision_stand_in() -> Iterator[None]:
-    finder = _StandInFinder()
-    _forget_torchvision()  # what a failed import of the real one left behind
-    sys.meta_path.insert(0, finder)
-    try:
-        yield
-    finally:
-        sys.meta_path.remove(finder)
-        _forget_torchvision()
-
-
-def _import_timm() -> types.ModuleType:
-    try:
-        import torchvision  # noqa: F401
-    except Exception:  # RuntimeError for PyPI's CUDA build beside the CPU torch, ImportError if absent
-        with _torchvision_stand_in():
-            import timm
-        return timm
-    import timm
-
-    return timm
-
-
-timm = _import_timm()
+timm = import_timm()
 
 
 # ----------------------------------------------------------------------------------- the models
