@@ -22,8 +22,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="gradient", help=f"comma list of {', '.join(METHODS)} (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="one model per family and exporter")
     p.add_argument("--tiny", action="store_true", help="the CI models (tiny, 64x64), seconds each")
-    p.add_argument("--max-size", type=int, default=None,
-                   help="build models at most this high and wide where the architecture allows (a faster sweep)")
+    p.add_argument(
+        "--max-size",
+        type=int,
+        default=None,
+        help="build models at most this high and wide where the architecture allows (a faster sweep)",
+    )
     p.add_argument("--timeout", type=float, default=1200, help="seconds per model (default: %(default)s)")
     p.add_argument("--rerun", action="store_true", help="check cells that results.jsonl already has again")
     p.add_argument("--list", action="store_true", help="print the catalog and exit")

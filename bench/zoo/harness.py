@@ -186,8 +186,14 @@ def check(subject: Subject, base: Record, forms: Sequence[str], methods: Sequenc
                 continue
             want = expected[method][: len(xb)]
             if maps.shape != want.shape:
-                record(form, method, started, status="wrong", framework_f32_error=f32,
-                       reason=f"attributions shaped {list(maps.shape)}, the reference {list(want.shape)}")
+                record(
+                    form,
+                    method,
+                    started,
+                    status="wrong",
+                    framework_f32_error=f32,
+                    reason=f"attributions shaped {list(maps.shape)}, the reference {list(want.shape)}",
+                )
                 continue
             err = float(rel_errors(maps, want).max())
             record(form, method, started, error=err, framework_f32_error=f32, **_verdict(err, f32))

@@ -63,8 +63,18 @@ def run_model(entry: Entry, forms: Sequence[str], methods: Sequence[str], emit: 
     except Exception as error:
         for form in forms:
             for method in methods:
-                emit(Record(**{**base.to_json(), "form": form, "method": method, "status": "build-failed",
-                               "reason": one_line(error), "seconds": round(time.perf_counter() - started, 2)}))
+                emit(
+                    Record(
+                        **{
+                            **base.to_json(),
+                            "form": form,
+                            "method": method,
+                            "status": "build-failed",
+                            "reason": one_line(error),
+                            "seconds": round(time.perf_counter() - started, 2),
+                        }
+                    )
+                )
         return
     check(model, base, forms, methods, emit)
 
@@ -100,12 +110,21 @@ def sweep(entries: Sequence[Entry], forms: Sequence[str], methods: Sequence[str]
         todo = _todo(entry, forms, methods, done)
         missing = missing_framework(entry)
         if not todo or missing:
-            print(f"[{number}/{len(entries)}] {entry.exporter} {entry.key}: "
-                  + (f"skipped, {missing} is not installed" if missing else "already checked"), flush=True)
+            print(
+                f"[{number}/{len(entries)}] {entry.exporter} {entry.key}: "
+                + (f"skipped, {missing} is not installed" if missing else "already checked"),
+                flush=True,
+            )
             continue
         print(f"[{number}/{len(entries)}] {entry.exporter} {entry.key}", flush=True)
-        status, reason = _run_child(entry, sorted({f for f, _ in todo}, key=forms.index),
-                                    sorted({m for _, m in todo}, key=methods.index), out, timeout, max_size)
+        status, reason = _run_child(
+            entry,
+            sorted({f for f, _ in todo}, key=forms.index),
+            sorted({m for _, m in todo}, key=methods.index),
+            out,
+            timeout,
+            max_size,
+        )
         # cells the child did not write: it timed out or died
         written = {(r.exporter, r.model, r.form, r.method) for r in matrix.read(out)}
         for form, method in _todo(entry, forms, methods, written):
