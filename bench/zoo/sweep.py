@@ -105,7 +105,10 @@ def sweep(entries: Sequence[Entry], forms: Sequence[str], methods: Sequence[str]
           timeout: float, rerun: bool, max_size: int | None = None) -> list[Record]:  # fmt: skip
     """Checks every entry not already checked (all of them with ``rerun``); returns every record."""
     out.mkdir(parents=True, exist_ok=True)
-    done = set() if rerun else {(r.exporter, r.model, r.form, r.method) for r in matrix.read(out)}
+    # a timeout says nothing about the model: those cells are tried again (with a longer --timeout)
+    done = (
+        set() if rerun else {(r.exporter, r.model, r.form, r.method) for r in matrix.read(out) if r.status != "timeout"}
+    )
     for number, entry in enumerate(entries, 1):
         todo = _todo(entry, forms, methods, done)
         missing = missing_framework(entry)
