@@ -88,6 +88,9 @@ class KerasSubject:
         proto, _ = tf2onnx.convert.from_function(function, input_signature=spec, opset=_OPSET)
         return proto
 
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self._model(x, training=False))
+
     def gradients(self, x: np.ndarray, class_ids: np.ndarray, double: bool) -> np.ndarray:
         model, dtype = (self._double, tf.float64) if double else (self._model, tf.float32)
         n, k = class_ids.shape

@@ -99,6 +99,10 @@ class PaddleSubject:
                                           opset_version=_OPSET, enable_optimize=False)  # fmt: skip
         return onnx.load_from_string(data)
 
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        with paddle.no_grad():
+            return self._model(paddle.to_tensor(x)).numpy()
+
     def gradients(self, x: np.ndarray, class_ids: np.ndarray, double: bool) -> np.ndarray:
         model, dtype = (self._double, "float64") if double else (self._model, "float32")
         n, k = class_ids.shape

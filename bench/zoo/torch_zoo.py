@@ -8,7 +8,8 @@ them can be neither deep-copied nor traced again.
 
 from __future__ import annotations
 
-import io
+import os
+import tempfile
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -79,6 +80,10 @@ class TimmSubject:
             warnings.simplefilter("ignore")
             return _EXPORT[self.exporter](self._fresh(), self.image_shape, form)
 
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self._fresh()(torch.from_numpy(x)).numpy()
+
     def gradients(self, x: np.ndarray, class_ids: np.ndarray, double: bool) -> np.ndarray:
         """The K classes on the batch axis, class-major ([K*N, ...]): one backward for all. The
         harness always passes two or more images, so no batch of one reaches torch's CPU BatchNorm
@@ -104,14 +109,15 @@ def _example(image_shape: tuple[int, ...], form: str) -> torch.Tensor:
 
 
 def export_torchscript(model: nn.Module, image_shape: tuple[int, ...], form: str) -> onnx.ModelProto:
-    buf = io.BytesIO()
     axes = _DYNAMIC_AXES[form]
-    torch.onnx.export(
-        model, (_example(image_shape, form),), buf, dynamo=False, opset_version=_OPSET,
-        input_names=["input"], output_names=["output"],
-        dynamic_axes={"input": axes, "output": {0: "N"} if axes else {}},
-    )  # fmt: skip
-    return onnx.load_from_string(buf.getvalue())
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.onnx")
+        torch.onnx.export(
+            model, (_example(image_shape, form),), path, dynamo=False, opset_version=_OPSET,
+            input_names=["input"], output_names=["output"],
+            dynamic_axes={"input": axes, "output": {0: "N"} if axes else {}},
+        )  # fmt: skip
+        return onnx.load(path)
 
 
 def export_dynamo(model: nn.Module, image_shape: tuple[int, ...], form: str) -> onnx.ModelProto:

@@ -3,8 +3,8 @@
 Each tiny model (timm's test_resnet and test_vit, Keras MobileNetV3Small, Paddle
 mobilenet_v3_small, all at 64x64) is built with random weights and checked in the three forms
 against its framework's float64 autodiff by the sweep itself (a child process per model, results
-appended, a second run resuming); a framework that is not installed is skipped. A subject whose reference is deliberately
-wrong shows that the harness reports "wrong" rather than "ok"."""
+appended, a second run resuming); a framework that is not installed is skipped. A subject whose
+reference is deliberately wrong shows that the harness reports "wrong" rather than "ok"."""
 
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ class _WrongReference:
 
     def export(self, form: str):  # noqa: ANN201
         return self.inner.export(form)
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        return self.inner.logits(x)
 
     def gradients(self, x: np.ndarray, class_ids: np.ndarray, double: bool) -> np.ndarray:
         return self.inner.gradients(x, class_ids, double)[::-1].copy()
