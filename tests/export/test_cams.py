@@ -29,7 +29,7 @@ for _package in ("pytorch_grad_cam", "cv2", "ttach"):
 
 import torch_models as tm  # noqa: E402
 from torch import nn  # noqa: E402
-from torchvision_stand_in import import_without_torchvision  # noqa: E402
+from varrt.bench.zoo.torchvision_stand_in import import_without_torchvision  # noqa: E402
 
 pgc = import_without_torchvision("pytorch_grad_cam")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
