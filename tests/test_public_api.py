@@ -26,7 +26,7 @@ ALL = {
 }
 
 METHODS = ("gradient", "input_x_gradient", "guided_backprop", "integrated_gradients", "smoothgrad", "gradcam",
-           "guided_gradcam", "deconvolution")
+           "guided_gradcam", "deconvolution", "gradcam_plus_plus", "xgradcam", "layercam", "hirescam", "scorecam")
 
 # What README's Python examples import: (module, name), name None for `import module`.
 README_IMPORTS = {
@@ -88,6 +88,7 @@ EXPLAIN_GRAPH_ARGUMENTS = {
     "var_scale": "none",
     "classes": None,
     "batch": None,
+    "mask_batch": None,
 }
 
 
