@@ -133,8 +133,8 @@ def _scorecam_weights(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.
     done = inner.Identity(keep_going)
     done.type, chunk_scores.type = keep_going.type, image.type
     body.outputs.extend([done, chunk_scores])
-    for value in list(body.initializers.values()):  # constants live in the outer graph (TensorRT)
-        body.initializers.pop(value.name)
+    for name, value in list(body.initializers.items()):  # constants live in the outer graph (TensorRT)
+        body.initializers.pop(name)
         graph.register_initializer(value)
     for i, node in enumerate(body):  # names are unique across a model and its subgraphs
         node.name = f"varrt_scorecam_node_{i}"
