@@ -79,21 +79,21 @@ def class_activation_map(em: Emitter, graph: ir.Graph, kind: str, *, image: ir.V
     [N, classes]) at ``layer`` (default: the last spatial feature map from ``image`` to ``logits``)."""
     value = feature_map(graph, image, logits, layer)
     height, width = _image_size(image)
-    to_grid = _grid_transform(em, value, height, width)
+    to_grid, grid = _grid_transform(em, value, height, width)
     feature = to_grid(value, 0)
     if kind == "scorecam":
-        weights = _scorecam_weights(em, graph, image, logits, num_classes, feature, seed, mask_batch)
+        weights = _scorecam_weights(em, graph, image, logits, num_classes, feature, grid, seed, mask_batch)
     else:
         grad = to_grid(backward(em, {logits: seed}, [value])[0], 1)  # [K, N, C, h, w]
         weights = GRADIENT_WEIGHTS[kind](em, feature, grad)
     cam = em.Relu(em.reduce_sum(em.Mul(weights, feature), [2], keepdims=False))  # [K, N, h, w]
-    h, w = _static(feature)[2:]
-    return _upsample(em, cam, (h, w), (height, width), "half_pixel")
+    return _upsample(em, cam, grid[1:], (height, width), "half_pixel")
 
 
 # -- scorecam ------------------------------------------------------------------------------------
 def _scorecam_weights(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.Value, num_classes: int,
-                      feature: ir.Value, seed: ir.Value, mask_batch: int | None) -> ir.Value:
+                      feature: ir.Value, grid: tuple[int, int, int], seed: ir.Value,
+                      mask_batch: int | None) -> ir.Value:
     """[K, N, C, 1, 1]: softmax over channels of the class's logit for the image masked by each
     channel of A, upsampled (bilinear, corners aligned, as torch's UpsamplingBilinear2d) and rescaled
     to [0, 1] (Wang et al.; pytorch-grad-cam's ScoreCAM).
@@ -110,7 +110,7 @@ def _scorecam_weights(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.
         raise UsageError(f"scorecam: the model's batch axis is fixed to {batch}, so each forward takes one masked "
                          f"copy per image: leave --mask-batch out (or pass 1), or export the model with a dynamic "
                          "batch axis")
-    _, channels, h, w = _static(feature)
+    channels, h, w = grid
     height, width = _image_size(image)
     chunks = math.ceil(channels / mask_batch)
     padded = em.pad(feature, [0, 0, 0, 0, 0, chunks * mask_batch - channels, 0, 0])
@@ -133,8 +133,8 @@ def _scorecam_weights(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.
     done = inner.Identity(keep_going)
     done.type, chunk_scores.type = keep_going.type, image.type
     body.outputs.extend([done, chunk_scores])
-    for value in list(body.initializers.values()):  # constants live in the outer graph (TensorRT)
-        body.initializers.pop(value.name)
+    for name, value in list(body.initializers.items()):  # constants live in the outer graph (TensorRT)
+        body.initializers.pop(name)
         graph.register_initializer(value)
     for i, node in enumerate(body):  # names are unique across a model and its subgraphs
         node.name = f"varrt_scorecam_node_{i}"
@@ -213,10 +213,11 @@ def feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str |
     return candidates[-1]
 
 
-def _grid_transform(em: Emitter, value: ir.Value, height: int, width: int) -> Callable[[ir.Value, int], ir.Value]:
+def _grid_transform(em: Emitter, value: ir.Value, height: int,
+                    width: int) -> tuple[Callable[[ir.Value, int], ir.Value], tuple[int, int, int]]:
     """How to put ``value`` (and its cotangent, with ``lead`` more leading axes) on the grid
-    [.., C, h, w]: the identity for [N, C, h, w]; a transpose for [N, h, w, C]; for tokens
-    [N, T, C], the class token dropped (T = 1 + h*w) and the rest laid out as h x w, row-major."""
+    [.., C, h, w], and (C, h, w): the identity for [N, C, h, w]; a transpose for [N, h, w, C]; for
+    tokens [N, T, C], the class token dropped (T = 1 + h*w) and the rest laid out as h x w, row-major."""
     dims = list(value.shape or [])
     if not all(isinstance(d, int) for d in dims[1:]):
         raise ModelError(f"the CAM layer '{value.name}' must have static sizes after the batch axis "
@@ -225,8 +226,8 @@ def _grid_transform(em: Emitter, value: ir.Value, height: int, width: int) -> Ca
     if len(sizes) == 3:
         a, b, c = sizes
         if a * width == b * height and b * width != c * height and a * b > 1:  # Swin: [N, h, w, C]
-            return lambda v, lead: em.Transpose(v, perm=[*range(lead + 1), lead + 3, lead + 1, lead + 2])
-        return lambda v, lead: v
+            return (lambda v, lead: em.Transpose(v, perm=[*range(lead + 1), lead + 3, lead + 1, lead + 2])), (c, a, b)
+        return (lambda v, lead: v), (a, b, c)
     tokens, channels = sizes
     fits = [(p, grid) for p in (0, 1) if (grid := _patch_grid(tokens - p, height, width)) is not None]
     if len(fits) != 1:
@@ -243,7 +244,7 @@ def _grid_transform(em: Emitter, value: ir.Value, height: int, width: int) -> Ca
         grid = em.Reshape(v, em.ints([0] * (lead + 1) + [h, w, channels]))
         return em.Transpose(grid, perm=[*range(lead + 1), lead + 3, lead + 1, lead + 2])
 
-    return to_grid
+    return to_grid, (channels, h, w)
 
 
 def _patch_grid(tokens: int, height: int, width: int) -> tuple[int, int] | None:
@@ -254,10 +255,6 @@ def _patch_grid(tokens: int, height: int, width: int) -> tuple[int, int] | None:
     if h < 1 or tokens % h or h * width != (tokens // h) * height:
         return None
     return h, tokens // h
-
-
-def _static(value: ir.Value) -> list[int]:
-    return [d if isinstance(d, int) else -1 for d in (value.shape or [])]
 
 
 def _image_size(image: ir.Value) -> tuple[int, int]:

@@ -274,7 +274,8 @@ def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The method options given on the command line (absent ones keep the exporter's defaults)."""
     names = ("layer", "steps", "baseline", "samples", "noise", "window", "stride", "mask_size", "keep", "chunk", "seed",
-             "lrp_rule", "epsilon", "gamma", "step_batch")
+             "lrp_rule", "epsilon", "gamma", "step_batch",
+             "mask_batch")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -500,7 +501,8 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method options (defaults: the exporter's)")
     group.add_argument(
         "--layer",
-        help="gradcam/guided_gradcam: the feature map to use (a value name; default: the last 4-D one)",
+        help="CAM methods: the feature map to use (a value name; default: the last 4-D one); tokens [N, T, C] "
+        "and [N, H, W, C] maps are put on the patch grid",
     )
     group.add_argument("--steps", type=int, help="integrated_gradients: interpolation steps (default 32)")
     group.add_argument("--baseline", type=float, help="integrated_gradients, gradient_shap, deeplift, occlusion: "
@@ -523,6 +525,9 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--step-batch", type=int, help="integrated_gradients, smoothgrad, gradient_shap: run this many "
                        "steps or samples at a time, adding the runs (memory bound, as Captum's internal_batch_size; "
                        "varrt export: the graph takes them as an input, alphas or sample_weights)")
+    group.add_argument("--mask-batch", type=int, metavar="B",
+                       help="scorecam: masked copies of each image per forward (default 32; 1 when the model's "
+                       "batch axis is fixed); memory grows with N x B")
 
 
 def _add_var_options(parser: Any) -> None:

@@ -161,7 +161,9 @@ class Explainer:
         self._cache = GraphCache(cache_dir)
         _, self._device_id = parse_device(device)
         self.backend_name = choose_backend(backend, device)
-        self._one_image = self.backend_name == "onnxruntime-cpu" and _takes_fixed_batch(method, self._model)
+        # (--mask-batch B runs N x B masked copies per forward: scorecam needs the batch axis free for it)
+        self._one_image = (self.backend_name == "onnxruntime-cpu" and _takes_fixed_batch(method, self._model)
+                           and method_options.get("mask_batch", 1) == 1)
         # A model whose image sizes are dynamic gets one graph per image shape, built on first use;
         # an explicit input_shape method option fixes them once, like a static model.
         self._dynamic_dims = None if "input_shape" in method_options else _dynamic_image_dims(self._model)

@@ -96,6 +96,7 @@ EXPLAIN_GRAPH_ARGUMENTS = {
     "var_scale": "none",
     "classes": None,
     "batch": None,
+    "mask_batch": None,
 }
 
 
