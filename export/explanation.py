@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
+from varrt.core import layout as image_layout
 from varrt.core.classes import ClassesArg, ClassSpec, check_spec_fits, parse_classes
 from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS, RESERVED_INPUTS, RESERVED_OUTPUTS, VAR_ATTRIBUTIONS
 from varrt.core.defaults import TAU, TEMPERATURE, VAR_SCALE
@@ -15,6 +16,7 @@ from varrt.core.errors import ModelError, UsageError
 from varrt.core.version import __version__
 from varrt.export.autodiff import backward
 from varrt.export.emitter import Emitter
+from varrt.export.feature_layout import axis_letters, spatial_and_channel_axes
 from varrt.export.methods import METHOD_TABLE, METHODS, Method
 from varrt.export.model_loading import Classifier, InputShape, format_input_shape, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
@@ -42,13 +44,15 @@ def explain_graph(
     input_shape: InputShape | None = None,
     name: str | None = None,
     target: str = "portable",
+    layout: str | None = None,
 ) -> onnx.ModelProto:
     """Rewrite an ONNX classifier into a graph that also returns per-class attributions.
 
     The result has the model's own image input plus ``class_ids`` int64 [N, K] (or, with
     ``classes="top4+min"`` / ``"topK"``, no such input and a ``class_ids`` output chosen in the
     graph from its own logits), and the outputs ``logits`` [N, num_classes] (pre-softmax),
-    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for ``gradcam``) and, with
+    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for ``gradcam``, whatever the image's
+    layout) and, with
     ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
     standard ONNX ops are emitted.
 
@@ -64,6 +68,10 @@ def explain_graph(
     for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
     with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX
     Runtime's CPU provider, one image per run).
+    ``layout`` ("nchw" or "nhwc") says where the image keeps its channels when the rule of
+    ``varrt.core.layout`` (channels-last when the last dimension is 1 or 3 and the second is not)
+    guesses wrong; Grad-CAM reads the image's height and width by it. It is recorded as the
+    graph's ``varrt.layout`` metadata.
 
     >>> import onnxruntime as ort
     >>> graph = explain_graph("model.onnx", method="guided_backprop")        # doctest: +SKIP
@@ -78,31 +86,38 @@ def explain_graph(
     if {o.name for o in proto.graph.output} >= {LOGITS, ATTRIBUTIONS}:
         raise UsageError(f"{name}: is already an explanation graph (it has '{ATTRIBUTIONS}')")
     clf = load_classifier(proto, name, batch=batch, input_shape=input_shape)
-    builder = _Builder(clf, spec, seed)
+    layout = image_layout.resolve(_dims(clf.data_input), layout)
+    builder = _Builder(clf, spec, seed, layout)
     try:
         outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
                                 classes=chosen)
     except ModelError as error:  # rules name the node and op; the user also needs the file
-        raise type(error)(f"{name}: {error}{_size_hint(clf.data_input)}") from error
+        raise type(error)(f"{name}: {error}{_size_hint(clf.data_input, layout)}") from error
     if var:
-        rank = len(_output_shape(ATTRIBUTIONS, clf, {"method": method}))
+        rank = len(_output_shape(ATTRIBUTIONS, clf, {"method": method, "layout": layout}))
         outputs[VAR_ATTRIBUTIONS] = append_var(builder.em.tape, outputs[ATTRIBUTIONS], temperature=temperature,
                                                  tau=tau, opset=clf.opset, scale=var_scale, rank=rank)
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
                    var=var, temperature=temperature, tau=tau, var_scale=var_scale,
-                   classes=chosen and chosen.text, batch=batch, target=target)
+                   classes=chosen and chosen.text, batch=batch, target=target, layout=layout)
     if input_shape is not None:
         options["input_shape"] = format_input_shape(input_shape)
     return _finish(clf, outputs, options, "K" if chosen is None else chosen.k)
 
 
-def _size_hint(image: ir.Value) -> str:
+def _dims(value: ir.Value) -> list[int | None]:
+    """A value's dims, None where dynamic."""
+    return [d if isinstance(d, int) else None for d in (value.shape or [])]
+
+
+def _size_hint(image: ir.Value, layout: str) -> str:
     """For a refusal on a model whose image height or width is dynamic: how to fix them."""
     dims = list(image.shape or [])
-    if len(dims) < 4 or all(isinstance(d, int) for d in dims[2:]):
+    if len(dims) < 4 or all(isinstance(d, int) for d in dims[1:]):
         return ""
     shown = [d if isinstance(d, int) else (str(d) if d.value is not None else "?") for d in dims]
-    wanted = "x".join(str(d) if isinstance(d, int) else "NCHW"[i] if i < 4 else f"D{i}" for i, d in enumerate(dims))
+    letters = layout.upper()
+    wanted = "x".join(str(d) if isinstance(d, int) else letters[i] if i < 4 else f"D{i}" for i, d in enumerate(dims))
     return (f" (input '{image.name}' has shape [{', '.join(map(str, shown))}]: its height and width must be fixed "
             f"for this model; pass --input-shape {wanted} (explain_graph(input_shape=...)))")
 
@@ -133,8 +148,8 @@ def _check_options(**values: float) -> None:
 class _Builder:
     """Emits one explanation into the classifier's graph."""
 
-    def __init__(self, clf: Classifier, spec: Method, seed: int):
-        self.clf, self.spec, self.seed = clf, spec, seed
+    def __init__(self, clf: Classifier, spec: Method, seed: int, layout: str):
+        self.clf, self.spec, self.seed, self.layout = clf, spec, seed, layout
         self.graph = clf.model.graph
         _rename_reserved(self.graph)
         self.em = Emitter(self.graph, clf.opset)
@@ -160,7 +175,8 @@ class _Builder:
             cam = self._gradcam(seed, layer)  # [K, N, H, W]
             if spec.modified:
                 guided = backward(em, {logits_all: seed}, [image], modified_backward=spec.modified)[0]
-                cam = em.Mul(guided, em.unsqueeze(cam, [2]))
+                rank = len(self.image.shape)  # type: ignore[arg-type]
+                cam = em.Mul(guided, em.unsqueeze(cam, [1 + image_layout.channel_axis(self.layout, rank)]))
             attributions = cam
         else:
             seed_all = seed if blocks == 1 else self._seed_blocks(seed, block_weights)
@@ -268,38 +284,51 @@ class _Builder:
 
     def _gradcam(self, seed: ir.Value, layer: str | None) -> ir.Value:
         em = self.em
-        feature = _feature_map(self.graph, self.image, self.clf.logits_source, layer)
-        grad = backward(em, {self.logits_all: seed}, [feature])[0]  # [K, N, C, h, w]
-        weights = em.reduce_mean(grad, [3, 4], keepdims=True)
-        cam = em.Relu(em.reduce_sum(em.Mul(weights, feature), [2], keepdims=False))  # [K, N, h, w]
-        h, w = [int(d) for d in feature.shape[2:]]  # type: ignore[index,arg-type]
-        height, width = [int(d) for d in self.image.shape[2:]]  # type: ignore[index,arg-type]
+        feature, (c_axis, h_axis, w_axis) = _feature_map(self.graph, self.image, self.layout,
+                                                          self.clf.logits_source, layer)
+        grad = backward(em, {self.logits_all: seed}, [feature])[0]  # [K, N, *feature dims]
+        weights = em.reduce_mean(grad, [1 + h_axis, 1 + w_axis], keepdims=True)
+        cam = em.Relu(em.reduce_sum(em.Mul(weights, feature), [1 + c_axis], keepdims=False))
+        if h_axis > w_axis:  # [K, N, w, h] -> [K, N, h, w]
+            cam = em.Transpose(cam, perm=[0, 1, 3, 2])
+        h, w = int(feature.shape[h_axis]), int(feature.shape[w_axis])  # type: ignore[index,arg-type]
+        _, height, width = image_layout.channels_height_width(self.layout, _dims(self.image))
+        if height is None or width is None:
+            raise ModelError("Grad-CAM upsamples to the image's height and width, which must be static")
         up = [_bilinear_matrix(h, height), _bilinear_matrix(w, width)]
         # separable_vjp applies A_h^T . g . A_w; the forward upsample is U_h . cam . U_w^T
         return separable_vjp(Context(em), cam, [up[0].T.copy(), up[1].T.copy()])
 
 
-def _feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str | None) -> ir.Value:
-    """The Grad-CAM layer: named, or the last rank-4 map with H*W > 1 between image and logits."""
+def _feature_map(graph: ir.Graph, image: ir.Value, layout: str, logits: ir.Value,
+                 layer: str | None) -> tuple[ir.Value, tuple[int, int, int]]:
+    """The Grad-CAM layer and its (channel, height, width) axes: named, or the last 4-D map with
+    static H*W > 1 between image and logits. Its axes are followed from the image's
+    (export/feature_layout.py), so channels-last maps count as such."""
+    letters = axis_letters(graph, image, layout)
     values = {v.name: v for node in graph for v in node.outputs}
     if layer is not None:
         if layer not in values:
             raise UsageError(f"--layer '{layer}' names no value of the model")
         chosen = values[layer]
-        if chosen.shape is None or len(chosen.shape) != 4:
-            raise UsageError(f"--layer '{layer}' is not a [N, C, H, W] feature map (shape {chosen.shape})")
-        return chosen
-    depends = {image}
+        axes = spatial_and_channel_axes(letters.get(chosen) or layout)
+        if chosen.shape is None or len(chosen.shape) != 4 or axes is None:
+            raise UsageError(f"--layer '{layer}' is not a 4-D feature map [N, C, H, W] or [N, H, W, C] "
+                             f"(shape {chosen.shape})")
+        return chosen, axes
     candidates = []
     for node in graph:
-        if any(v in depends for v in node.inputs if v is not None):
-            for v in node.outputs:
-                depends.add(v)
-                dims = list(v.shape) if v.shape is not None else []
-                if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) and int(dims[2]) * int(dims[3]) > 1:  # type: ignore[arg-type]
-                    candidates.append(v)
+        for v in node.outputs:
+            found = letters.get(v)
+            axes = spatial_and_channel_axes(found) if found is not None else None
+            if axes is None:
+                continue
+            dims = list(v.shape)  # type: ignore[arg-type]
+            height, width = dims[axes[1]], dims[axes[2]]
+            if isinstance(height, int) and isinstance(width, int) and height * width > 1:
+                candidates.append((v, axes))
     upstream = _ancestors(logits)
-    candidates = [v for v in candidates if v in upstream]
+    candidates = [(v, axes) for v, axes in candidates if v in upstream]
     if not candidates:
         raise ModelError("no spatial feature map [N, C, H, W] with H*W > 1 leads to the logits: pass --layer")
     return candidates[-1]
@@ -384,6 +413,9 @@ def _output_shape(key: str, clf: Classifier, options: dict, k: int | str = "K") 
     if key == CLASS_IDS:
         return ir.Shape([batch, k])
     spec = METHOD_TABLE[options["method"]]
-    tail = image[2:] if spec.cam and not spec.modified else image[1:]
+    if spec.cam and not spec.modified:  # a CAM is [H, W] per class, whatever the image's layout
+        _, height, width = image_layout.channels_height_width(options["layout"], image)
+        return ir.Shape([batch, k, height, width])
+    tail = image[1:]
     return ir.Shape([batch, k, *tail])
 
