@@ -83,12 +83,12 @@ def check_batch(shape: Dims, model_dims: Dims, layout: str, input_name: str, mod
         return
     want = channels_height_width(layout, model_dims)[0]
     have = channels_height_width(layout, shape)[0]
-    if want is None or have == want:
+    if want is None or want < 1 or have == want:
         return
     other = NHWC if layout == NCHW else NCHW
     if channels_height_width(other, shape)[0] == want:
-        raise UsageError(f"images {tuple(shape)} are {describe(other)}, but input '{input_name}' of {model} is "
-                         f"{describe(layout)} (shape {tuple(model_dims)}): give the images as {describe(layout)}, "
-                         "or pass --layout (layout=...) if the detected layout is wrong")
-    raise UsageError(f"images {tuple(shape)} have {have} channels, but input '{input_name}' of {model} takes {want} "
-                     f"({describe(layout)}, shape {tuple(model_dims)})")
+        raise UsageError(f"images of shape {tuple(shape)} are {describe(other)}, but input '{input_name}' of {model} "
+                         f"is {describe(layout)}: give the images as {describe(layout)}, or pass --layout "
+                         "(layout=...) if the detected layout is wrong")
+    raise UsageError(f"images have {have} channels, but input '{input_name}' of {model} takes {want} on axis "
+                     f"{channel_axis(layout, 4)} (shape {tuple(shape)}; the input is {describe(layout)})")

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from varrt import audit, data, triton
 from varrt.bench import cli as bench_cli
 from varrt.core import defaults
+from varrt.core import layout as image_layout
 from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS
 from varrt.core.errors import UsageError, VarrtError
 from varrt.core.options import ExplainOptions
@@ -156,6 +157,7 @@ class _Explained:
     logits: np.ndarray
     attributions: np.ndarray
     var: np.ndarray | None
+    layout: str  # the model input's, which input-space maps follow
 
 
 def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
@@ -165,7 +167,8 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
     the outputs are unless ``job.quiet``. The model file is read once and handed on.
     """
     model = read_model(job.model)
-    prep = preprocessing_for(model, preset_name=job.preset, mean=job.mean, std=job.std, size=job.size)
+    prep = preprocessing_for(model, preset_name=job.preset, mean=job.mean, std=job.std, size=job.size,
+                             layout=job.options.method_options.get("layout"))
     labels = _read_labels(job.labels, model)
     # Fail on a bad image or an unwritable --out before the (slow) graph build and before any
     # output is written.
@@ -174,7 +177,7 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
     explainer = Explainer.from_options(model, job.options, name=str(job.model))
     job.out.mkdir(parents=True, exist_ok=True)
     summaries: list[dict[str, Any]] = []
-    results = ResultsWriter(job.out / RESULTS_NAME, _run_record(job, explainer.backend_name))
+    results = ResultsWriter(job.out / RESULTS_NAME, _run_record(job, explainer.backend_name, explainer.layout))
     with results, _progress_bar(len(job.images), job.options.method, job.quiet) as bar:
         for image in _explain_images(job, explainer, prep, labels):
             outputs = _write_outputs(job, image)
@@ -192,21 +195,22 @@ def _progress_bar(total: int, label: str, quiet: bool) -> tqdm:
     return tqdm(total=total, desc=label, unit="image", file=sys.stderr, disable=True if quiet else None)
 
 
-def _run_record(job: ExplainJob, backend: str) -> dict[str, Any]:
+def _run_record(job: ExplainJob, backend: str, layout: str) -> dict[str, Any]:
     """The run's settings, kept in results.parquet's metadata."""
     options = job.options
     return {
         "model": str(job.model), "method": options.method, "classes": str(options.classes), "var": options.var,
         "temperature": options.temperature, "tau": options.tau, "var_scale": options.var_scale,
         "method_options": dict(options.method_options), "backend": backend, "save": job.save,
-        "images": len(job.images), "varrt_version": __version__,
+        "images": len(job.images), "varrt_version": __version__, "layout": layout,
     }
 
 
 def _result_row(job: ExplainJob, image: _Explained) -> dict[str, Any]:
     """One row of results.parquet (columns: varrt.results.SCHEMA)."""
     predicted = int(np.argmax(image.probabilities))
-    figures = audit.image_figures(image.attributions, image.var, job.options.temperature, job.options.var_scale)
+    figures = audit.image_figures(image.attributions, image.var, job.options.temperature, job.options.var_scale,
+                                  image.layout)
     return {
         "path": str(image.source),
         "stem": image.stem,
@@ -249,6 +253,7 @@ def _explain_images(
                 logits=logits[i],
                 attributions=attributions[i],
                 var=None if var is None else var[i],
+                layout=explanation.layout,
             )
 
 
@@ -261,10 +266,11 @@ def _write_outputs(job: ExplainJob, image: _Explained) -> list[Path]:
         "class_names": np.array(image.names),
         "probabilities": image.probabilities[image.class_ids].astype(np.float32),
         LOGITS: image.logits.astype(np.float32),
+        "layout": np.array(image.layout),  # of the input-space maps: [K, C, H, W] or [K, H, W, C]
     }
     if job.save == "var":
         assert image.var is not None  # ExplainJob refuses --save var with --no-var
-        arrays["var"] = audit.pixel_maps(image.var).astype(np.float16)
+        arrays["var"] = audit.pixel_maps(image.var, image.layout).astype(np.float16)
     else:
         arrays[ATTRIBUTIONS] = image.attributions.astype(np.float32)
         if image.var is not None:
@@ -276,7 +282,8 @@ def _write_outputs(job: ExplainJob, image: _Explained) -> list[Path]:
     if job.overlays and job.save == "all":
         method = job.options.method
         figure = explanation_figure(image.pixels, image.attributions, image.var, image.names,
-                                    arrays["probabilities"], method=method, title=f"{image.source.name}: {method}")
+                                    arrays["probabilities"], method=method, title=f"{image.source.name}: {method}",
+                                    layout=image.layout)
         png_path = job.out / f"{image.stem}.png"
         with atomic_path(png_path) as temporary:
             figure.save(temporary, format="PNG")
@@ -311,7 +318,7 @@ def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: 
 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The method options given on the command line (absent ones keep the exporter's defaults)."""
-    names = ("layer", "steps", "baseline", "samples", "noise")
+    names = ("layer", "steps", "baseline", "samples", "noise", "layout")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -531,6 +538,9 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--noise", type=float, help="smoothgrad: noise std as a fraction of the input range (default 0.15)"
     )
+    parser.add_argument("--layout", choices=image_layout.LAYOUTS,
+                        help="where the model's image input keeps its channels: nchw [N, C, H, W] or nhwc "
+                        "[N, H, W, C] (default: nhwc when the last dimension is 1 or 3 and the second is not)")
 
 
 def _add_var_options(parser: Any) -> None:
@@ -579,7 +589,7 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
             "of absolute values over channels, scaled by their 99th percentile."
         ),
     )
-    parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier (input [N, C, H, W])")
+    parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier (input [N, C, H, W] or [N, H, W, C])")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files, or directories of them")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
     parser.add_argument("--method", "-m", default=defaults.METHOD, help=_method_help(defaults.METHOD))
