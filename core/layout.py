@@ -23,6 +23,7 @@ A 4-channel or 16-band model, or an input whose sizes are all dynamic, needs ``l
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from varrt.core.errors import UsageError
 
@@ -68,6 +69,22 @@ def channels_height_width(layout: str, dims: Dims) -> tuple:
     if layout == NCHW:
         return tuple(dims[1:4])
     return (dims[3], dims[1], dims[2])
+
+
+def to_channels_first(array: Any, layout: str) -> Any:
+    """An array whose last three axes are one image's: (H, W, C) -> (C, H, W) for "nhwc"; "nchw" as is."""
+    if layout == NCHW:
+        return array
+    n = array.ndim
+    return array.transpose(*range(n - 3), n - 1, n - 3, n - 2)
+
+
+def from_channels_first(array: Any, layout: str) -> Any:
+    """The inverse of ``to_channels_first``: (C, H, W) -> (H, W, C) for "nhwc"."""
+    if layout == NCHW:
+        return array
+    n = array.ndim
+    return array.transpose(*range(n - 3), n - 2, n - 1, n - 3)
 
 
 def describe(layout: str) -> str:

@@ -414,8 +414,8 @@ def _output_shape(key: str, clf: Classifier, options: dict, k: int | str = "K") 
         return ir.Shape([batch, k])
     spec = METHOD_TABLE[options["method"]]
     if spec.cam and not spec.modified:  # a CAM is [H, W] per class, whatever the image's layout
-        _, height, width = image_layout.channels_height_width(options["layout"], image)
-        return ir.Shape([batch, k, height, width])
+        _, h_axis, w_axis = image_layout.channels_height_width(options["layout"], [0, 1, 2, 3])
+        return ir.Shape([batch, k, image[h_axis], image[w_axis]])
     tail = image[1:]
     return ir.Shape([batch, k, *tail])
 

@@ -33,7 +33,7 @@ def axis_letters(graph: ir.Graph, image: ir.Value, layout: str) -> dict[ir.Value
         inputs = [v for v in node.inputs if v is not None and v in letters]
         if not inputs:
             continue
-        known = [letters[v] for v in inputs if letters[v] is not None]
+        known = [found for found in (letters[v] for v in inputs) if found is not None]
         if node.op_type == "Transpose":
             source = letters[inputs[0]]
             attribute = node.attributes.get("perm")

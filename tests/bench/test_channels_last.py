@@ -63,3 +63,24 @@ def test_sanity_and_speed_commands_on_a_channels_last_model(nhwc_colours, tmp_pa
     report = json.loads((tmp_path / "speed" / "speed.json").read_text())
     assert report["settings"]["input_shape"] == [16, 16, 3]
     capsys.readouterr()
+
+
+def test_insertion_deletion_on_a_channels_last_model_equals_the_channels_first_one(colour_setup, nhwc_colours):
+    """The same classifier either way round: identical curves (the channels-first one is checked against
+    closed forms in test_insertion_deletion.py)."""
+    from varrt.bench import insertion_deletion
+    from varrt.images import load_image, preprocessing_for
+
+    (first, photos), (last, _) = colour_setup, nhwc_colours
+    paths = gpg.image_files(photos)
+    runs = []
+    for model in (first, last):
+        prep = preprocessing_for(model)
+        inputs = np.stack([load_image(p, prep) for p in paths])
+        runs.append(insertion_deletion.run_insertion_deletion(model, inputs, ["input_x_gradient", "gradcam"],
+                                                              steps=8, backend="onnxruntime-cpu"))
+    assert runs[1].methods[0].curves["base"]["deletion"].shape == (4, 9)
+    for a, b in zip(runs[0].methods, runs[1].methods, strict=True):
+        for kind in ("base", "var"):
+            for curve in ("deletion", "insertion"):
+                np.testing.assert_allclose(b.curves[kind][curve], a.curves[kind][curve], rtol=1e-5, atol=1e-7)
