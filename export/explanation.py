@@ -16,7 +16,7 @@ from varrt.core.errors import ModelError, UsageError
 from varrt.core.version import __version__
 from varrt.export.autodiff import backward
 from varrt.export.emitter import Emitter
-from varrt.export.feature_layout import axis_letters, spatial_and_channel_axes
+from varrt.export.feature_layout import UNKNOWN, axis_letters, spatial_and_channel_axes
 from varrt.export.methods import METHOD_TABLE, METHODS, Method
 from varrt.export.model_loading import Classifier, InputShape, format_input_shape, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
@@ -311,7 +311,8 @@ def _feature_map(graph: ir.Graph, image: ir.Value, layout: str, logits: ir.Value
         if layer not in values:
             raise UsageError(f"--layer '{layer}' names no value of the model")
         chosen = values[layer]
-        axes = spatial_and_channel_axes(letters.get(chosen) or layout)
+        found = letters.get(chosen)
+        axes = spatial_and_channel_axes(layout if found in (None, UNKNOWN) else found)  # type: ignore[arg-type]
         if chosen.shape is None or len(chosen.shape) != 4 or axes is None:
             raise UsageError(f"--layer '{layer}' is not a 4-D feature map [N, C, H, W] or [N, H, W, C] "
                              f"(shape {chosen.shape})")
@@ -320,7 +321,7 @@ def _feature_map(graph: ir.Graph, image: ir.Value, layout: str, logits: ir.Value
     for node in graph:
         for v in node.outputs:
             found = letters.get(v)
-            axes = spatial_and_channel_axes(found) if found is not None else None
+            axes = None if found is None else spatial_and_channel_axes(layout if found == UNKNOWN else found)
             if axes is None:
                 continue
             dims = list(v.shape)  # type: ignore[arg-type]

@@ -168,6 +168,18 @@ def test_layout_override(model):
     _, proto = model
     with pytest.raises(UsageError, match="--layout must be one of nchw, nhwc"):
         explain_graph(proto, "gradient", layout="chw")
+    # Read channels-first, the image's width would reach the first Conv's channel axis: refused, not explained.
+    with pytest.raises(UsageError, match=r"Conv node .* takes channels on axis 1 of its input, which is the image's "
+                       r"width if the image is channels-first \[N, C, H, W\]: its layout must be nhwc"):
+        explain_graph(proto, "gradcam", layout="nchw")
+
+
+def test_wrong_override_on_a_channels_first_model_is_refused():
+    torch.manual_seed(2)
+    proto = tm.export_torchscript(tm._randomise(tm.ResNetish(), 2), (3, 3, 3))  # [N, 3, 3, 3]: nchw by the rule
+    explain_graph(proto, "gradcam")
+    with pytest.raises(UsageError, match="which is the image's height if the image is channels-last"):
+        explain_graph(proto, "gradcam", layout="nhwc")
 
 
 def test_four_band_model_needs_the_override():

@@ -137,3 +137,28 @@ def test_wrong_layout_override_is_one_line_and_writes_nothing(model, tmp_path, c
     assert status == 2 and len(error.splitlines()) == 1
     assert "takes 40 channels (axis 1) as channels-first [N, C, H, W]" in error and "--layout" in error
     assert not out.exists()
+
+
+def test_dynamic_height_and_width_channels_last(model, tmp_path):
+    """TensorFlow's None sizes: [N, H, W, 3] with dynamic H and W is still channels-last; the Explainer
+    builds one graph per (H, W, C) and each matches torch."""
+    module, _ = model
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.zeros(1, HEIGHT, WIDTH, 3),), buffer, dynamo=False, opset_version=17,
+                          input_names=["image"], output_names=["scores"],
+                          dynamic_axes={"image": {0: "N", 1: "H", 2: "W"}})
+    path = tmp_path / "dynamic.onnx"
+    path.write_bytes(buffer.getvalue())
+    explainer = Explainer(str(path), method="gradient", classes="top2", backend="onnxruntime-cpu", cache_dir=tmp_path)
+    assert explainer.layout == "nhwc"
+    rng = np.random.default_rng(3)
+    for height, width in ((HEIGHT, WIDTH), (24, 20)):
+        x = rng.uniform(-1, 1, (2, height, width, 3)).astype(np.float32)
+        explanation = explainer(x)
+        expected = _torch_gradients(module, x, explanation.class_ids)
+        np.testing.assert_allclose(explanation.attributions, expected, rtol=1e-4, atol=1e-6)
+    assert sorted(explainer.graph_paths) == ["top2@24x20x3", f"top2@{HEIGHT}x{WIDTH}x3"]
+    with pytest.raises(UsageError, match="are channels-first"):
+        explainer(np.zeros((1, 3, HEIGHT, WIDTH), np.float32))
