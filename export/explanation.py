@@ -312,7 +312,7 @@ def _feature_map(graph: ir.Graph, image: ir.Value, layout: str, logits: ir.Value
             raise UsageError(f"--layer '{layer}' names no value of the model")
         chosen = values[layer]
         found = letters.get(chosen)
-        axes = spatial_and_channel_axes(layout if found in (None, UNKNOWN) else found)  # type: ignore[arg-type]
+        axes = spatial_and_channel_axes(layout if found in (None, UNKNOWN) else found)
         if chosen.shape is None or len(chosen.shape) != 4 or axes is None:
             raise UsageError(f"--layer '{layer}' is not a 4-D feature map [N, C, H, W] or [N, H, W, C] "
                              f"(shape {chosen.shape})")

@@ -63,12 +63,12 @@ def axis_letters(graph: ir.Graph, image: ir.Value, layout: str) -> dict[ir.Value
 
 
 def _check_channels_on_axis_1(node: ir.Node, letters: str | None, layout: str) -> None:
-    if letters in (None, UNKNOWN) or letters[1] == "c":  # type: ignore[index]
+    if letters in (None, UNKNOWN) or letters[1] == "c":
         return
     names = {"n": "batch", "h": "height", "w": "width"}
     other = image_layout.NHWC if layout == image_layout.NCHW else image_layout.NCHW
     raise UsageError(f"{node.op_type} node '{node.name}' takes channels on axis 1 of its input, which is the image's "
-                     f"{names[letters[1]]} if the image is {image_layout.describe(layout)}: "  # type: ignore[index]
+                     f"{names[letters[1]]} if the image is {image_layout.describe(layout)}: "
                      f"its layout must be {other} (pass --layout {other})")
 
 
