@@ -670,7 +670,8 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         description=(
             "Rewrite an ONNX classifier into an explanation graph. Inputs: the model's own, plus "
             "class_ids int64 [N, K]. Outputs: logits [N, classes], attributions [N, K, C, H, W] "
-            "([N, K, H, W] for CAM methods) and, with --var, var_attributions. The graph uses standard "
+            "([N, K, H, W, C] for channels-last models, [N, K, H, W] for CAM methods) and, with --var, "
+            "var_attributions. The graph uses standard "
             "ONNX ops only, for ONNX Runtime and TensorRT. With --triton-repo DIR --name NAME it is written "
             "as a Triton Inference Server model, with a config.pbtxt read off the graph's inputs and outputs."
         ),
