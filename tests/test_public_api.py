@@ -59,6 +59,7 @@ EXPLANATION_FIELDS = {
     "var": Any | None,
     "method": str,
     "backend": str,
+    "layout": str,
 }
 
 # Keyword arguments README and the docstrings document, with their defaults; others may be added.
@@ -157,6 +158,7 @@ def test_explanation_fields_are_typed_as_pinned():
     assert {field.name: field.default for field in fields if field.default is not dataclasses.MISSING} == {
         "method": "",
         "backend": "",
+        "layout": "nchw",
     }
 
 
