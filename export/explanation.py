@@ -17,7 +17,7 @@ from varrt.core.version import __version__
 from varrt.export.autodiff import backward
 from varrt.export.cams import class_activation_map
 from varrt.export.emitter import Emitter
-from varrt.export.methods import METHOD_TABLE, METHODS, Method
+from varrt.export.methods import METHOD_TABLE, METHODS, Method, default_samples
 from varrt.export.model_loading import Classifier, InputShape, format_input_shape, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
 from varrt.export.perturbation import PerturbationOptions, perturbation_map
@@ -103,7 +103,7 @@ def explain_graph(
     """
     spec = _checked_method(method, target, batch)
     _check_mask_batch(method, mask_batch)
-    samples = samples if samples is not None else 2000 if method == "rise" else 16
+    samples = samples if samples is not None else default_samples(method)
     _check_step_batch(method, spec, step_batch)
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
     settings = _lrp_settings(lrp_rule, epsilon, gamma) if spec.modified == "lrp" else {}
