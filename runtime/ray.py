@@ -232,6 +232,7 @@ def explain_paths(
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows in the order of the images
         context.enable_progress_bars = False  # varrt's own bar counts the rows
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan and progress lines: the bar says it
         items = [{"path": source, "stem": stem} for source, stem in zip(sources, stems)]
         dataset = explain_dataset(
             ray.data.from_items(items), model, actors=settings.actors, cpus_per_actor=cpus,
