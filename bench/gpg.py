@@ -204,16 +204,18 @@ def load_cells(
 def build_grids(
     cells: Sequence[CellImage], arrangements: Sequence[tuple[int, ...]], prep: Any
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Model inputs [G, C, H, W], class_ids [G, 4] int64 and display pixels [G, H, W, C]."""
+    """Model inputs [G, C, H, W] ([G, H, W, C] for a channels-last ``prep``), class_ids [G, 4] int64 and
+    display pixels [G, H, W, C]."""
     pixels = np.stack([grids.assemble_grid([cells[i].pixels for i in a], prep.size) for a in arrangements])
-    inputs = np.stack([varrt_images.normalize(p, prep.mean, prep.std) for p in pixels])
+    inputs = np.stack([varrt_images.normalize(p, prep.mean, prep.std, prep.layout) for p in pixels])
     class_ids = np.array([[cells[i].label for i in a] for a in arrangements], dtype=np.int64)
     return inputs, class_ids, pixels
 
 
-def pointing_scores(attributions: np.ndarray, input_hw: tuple[int, int], has_channels: bool) -> np.ndarray:
+def pointing_scores(attributions: np.ndarray, input_hw: tuple[int, int], has_channels: bool,
+                    layout: str = "nchw") -> np.ndarray:
     """Scores [G, 4]: explanation k of grid g scored against cell k of that grid."""
-    saliency = metrics.channel_sum(attributions, has_channels=has_channels)  # [G, 4, H, W]
+    saliency = metrics.channel_sum(attributions, has_channels=has_channels, layout=layout)  # [G, 4, H, W]
     masks = grids.cell_masks(input_hw)
     return np.stack([metrics.positive_mass_share(saliency[:, k], masks[k]) for k in range(grids.CELLS)], axis=1)
 
@@ -297,8 +299,8 @@ def run_gpg(
         started = time.perf_counter()
         base, var = run_method(explainer, inputs, class_ids, batch_size, progress, method)
         seconds = time.perf_counter() - started
-        result.scores.append(_method_scores(method, base, var, prep.size, seconds))
-        result.example_maps[method] = _example_maps(base, var)
+        result.scores.append(_method_scores(method, base, var, prep.size, seconds, prep.layout))
+        result.example_maps[method] = _example_maps(base, var, prep.layout)
     return result
 
 
@@ -341,22 +343,22 @@ def _result(
 
 
 def _method_scores(
-    method: str, base: np.ndarray, var: np.ndarray, input_hw: tuple[int, int], seconds: float
+    method: str, base: np.ndarray, var: np.ndarray, input_hw: tuple[int, int], seconds: float, layout: str
 ) -> MethodScores:
     """Per-cell pointing scores of one method's base and VAR attributions, grid-major."""
     has_channels = base.ndim == 5
     return MethodScores(
         method=method,
-        base=pointing_scores(base, input_hw, has_channels).ravel(),
-        var=pointing_scores(var, input_hw, has_channels).ravel(),
+        base=pointing_scores(base, input_hw, has_channels, layout).ravel(),
+        var=pointing_scores(var, input_hw, has_channels, layout).ravel(),
         seconds=seconds,
     )
 
 
-def _example_maps(base: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _example_maps(base: np.ndarray, var: np.ndarray, layout: str) -> tuple[np.ndarray, np.ndarray]:
     """The first grid's channel-summed base and VAR maps, to draw."""
     has_channels = base.ndim == 5
     return (
-        metrics.channel_sum(base[0], spatial_ndim=2, has_channels=has_channels),
-        metrics.channel_sum(var[0], spatial_ndim=2, has_channels=has_channels),
+        metrics.channel_sum(base[0], spatial_ndim=2, has_channels=has_channels, layout=layout),
+        metrics.channel_sum(var[0], spatial_ndim=2, has_channels=has_channels, layout=layout),
     )

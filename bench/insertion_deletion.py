@@ -40,6 +40,7 @@ import numpy as np
 import onnxruntime
 from varrt.bench import metrics
 from varrt.bench.explainers import fed_ids_explainer
+from varrt.core import layout as image_layout
 from varrt.core.classes import parse_classes, select_classes
 from varrt.core.defaults import TAU, TEMPERATURE
 from varrt.core.errors import UsageError, VarrtError
@@ -153,6 +154,9 @@ class Classifier:
         options.log_severity_level = 3
         self.session = onnxruntime.InferenceSession(os.fspath(model), options, providers=providers)
         self.input_name = self.session.get_inputs()[0].name
+        # The curves perturb [N, C, H, W] images; a channels-last model is fed them transposed.
+        dims = self.session.get_inputs()[0].shape
+        self.layout = image_layout.detect([d if isinstance(d, int) else None for d in dims])
         self.output_name = self.session.get_outputs()[0].name
         self.batch_size = batch_size
         self.outputs_probabilities: bool | None = None
@@ -161,7 +165,8 @@ class Classifier:
     def scores(self, inputs: np.ndarray) -> np.ndarray:
         parts = []
         for start in range(0, len(inputs), self.batch_size):
-            chunk = np.ascontiguousarray(inputs[start : start + self.batch_size], dtype=np.float32)
+            chunk = np.ascontiguousarray(image_layout.from_channels_first(inputs[start : start + self.batch_size],
+                                                                          self.layout), dtype=np.float32)
             (out,) = self.session.run([self.output_name], {self.input_name: chunk})
             parts.append(np.asarray(out, dtype=np.float64).reshape(len(chunk), -1))
             self.forwards += len(chunk)
@@ -348,7 +353,8 @@ def run_insertion_deletion(
 ) -> InsertionDeletionResult:
     """Insertion and deletion curves of every method's top-1 map, base and VAR, on ``inputs``.
 
-    ``inputs`` are preprocessed float32 [N, C, H, W]; ``method_options`` maps a method to extra
+    ``inputs`` are preprocessed float32 [N, C, H, W] ([N, H, W, C] for a channels-last model, as
+    ``varrt.images`` preprocesses for it); ``method_options`` maps a method to extra
     ``Explainer`` options (``steps`` for integrated gradients, ``layer`` for Grad-CAM...).
     """
     inputs = _checked_inputs(inputs, ranking)
@@ -387,9 +393,10 @@ def _prepare(
     backend: str,
 ) -> _Run:
     """The plain model, the explained classes, baselines, tie-breaks and pixel counts of one run."""
+    classifier = Classifier(model, perturb_batch, backend)
+    inputs = np.ascontiguousarray(image_layout.to_channels_first(inputs, classifier.layout))
     count, _, height, width = inputs.shape
     counts = step_counts(height * width, steps)
-    classifier = Classifier(model, perturb_batch, backend)
     clean = classifier.calibrate(inputs)
     class_ids = explained_classes(clean)
     baselines = np.stack([make_baseline(image, baseline, blur_sigma) for image in inputs])
@@ -462,6 +469,11 @@ def _result(
 
 
 
+def _channels_first_maps(maps: np.ndarray, layout: str) -> np.ndarray:
+    """Input-space maps [N, H, W, C] of a channels-last model as [N, C, H, W]; CAMs [N, H, W] as they are."""
+    return image_layout.to_channels_first(maps, layout) if maps.ndim == 4 else maps
+
+
 def _report_image(progress: Progress, done_before: int, total: int, method: str, n: int) -> None:
     """Progress after image ``n`` (0-based) of ``method``, counting the methods before it."""
     progress(done_before + n + 1, total, method)
@@ -495,10 +507,12 @@ def _ranked_curves(
     count = len(run.inputs)
     for start in range(0, count, batch_size):
         stop = min(start + batch_size, count)
-        explanation = explainer(run.inputs[start:stop], class_ids=run.class_ids[start:stop])
-        maps = {
-            "base": metrics.to_host(explanation.attributions)[:, 0],
-            "var": metrics.to_host(explanation.var)[:, 0],
+        layout = run.classifier.layout
+        images = np.ascontiguousarray(image_layout.from_channels_first(run.inputs[start:stop], layout))
+        explanation = explainer(images, class_ids=run.class_ids[start:stop])
+        maps = {  # top-1 maps, [N, C, H, W] or [N, H, W]
+            kind: _channels_first_maps(metrics.to_host(array)[:, 0], layout)
+            for kind, array in (("base", explanation.attributions), ("var", explanation.var))
         }
         for offset, n in enumerate(range(start, stop)):
             for kind in KINDS:

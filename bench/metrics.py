@@ -1,7 +1,7 @@
 """The numbers the quality benchmarks report, in plain NumPy (no SciPy needed at run time).
 
-- ``channel_sum`` / ``channel_abs_sum``: one 2-D map per explanation, from [.., C, H, W] or
-  [.., H, W] attributions.
+- ``channel_sum`` / ``channel_abs_sum``: one 2-D map per explanation, from [.., C, H, W] (or
+  channels-last [.., H, W, C]) or [.., H, W] attributions.
 - ``positive_mass_share``: the grid pointing game score of one map and one cell.
 - ``bootstrap_mean_interval``: mean and a seeded percentile-bootstrap interval.
 - ``spearman`` and ``ssim``: similarity of two maps for the randomization sanity checks.
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from varrt.core import layout as image_layout
 
 
 def to_host(array: Any) -> np.ndarray:
@@ -23,10 +24,12 @@ def to_host(array: Any) -> np.ndarray:
     return np.asarray(array)
 
 
-def channel_sum(attributions: np.ndarray, spatial_ndim: int = 2, has_channels: bool | None = None) -> np.ndarray:
+def channel_sum(attributions: np.ndarray, spatial_ndim: int = 2, has_channels: bool | None = None,
+                layout: str = image_layout.NCHW) -> np.ndarray:
     """Sum a signed attribution over its channel axis, keeping the sign.
 
-    Input-space methods give [..., C, H, W]; CAM methods already give [..., H, W]. Pass
+    Input-space methods give [..., C, H, W] ([..., H, W, C] for channels-last models, ``layout="nhwc"``);
+    CAM methods already give [..., H, W]. Pass
     ``has_channels`` when the leading shape alone cannot tell (the benchmarks know the
     explanation's rank). Summing before taking the positive part follows the pointing game's
     reading of a map: a pixel points at a class when its channels together raise the logit.
@@ -34,16 +37,19 @@ def channel_sum(attributions: np.ndarray, spatial_ndim: int = 2, has_channels: b
     attributions = np.asarray(attributions, dtype=np.float64)
     if has_channels is None:
         has_channels = attributions.ndim > spatial_ndim + 2
-    return attributions.sum(axis=-spatial_ndim - 1) if has_channels else attributions
+    if not has_channels:
+        return attributions
+    return attributions.sum(axis=-spatial_ndim - 1 if layout == image_layout.NCHW else -1)
 
 
-def channel_abs_sum(attributions: np.ndarray, has_channels: bool | None = None) -> np.ndarray:
+def channel_abs_sum(attributions: np.ndarray, has_channels: bool | None = None,
+                    layout: str = image_layout.NCHW) -> np.ndarray:
     """Sum of absolute values over the channel axis: how much a pixel matters, either sign.
 
     The sanity checks compare magnitudes, as Adebayo et al. do, so channels with opposite
     signs must not cancel.
     """
-    return channel_sum(np.abs(np.asarray(attributions, dtype=np.float64)), has_channels=has_channels)
+    return channel_sum(np.abs(np.asarray(attributions, dtype=np.float64)), has_channels=has_channels, layout=layout)
 
 
 def positive_mass_share(saliency: np.ndarray, region: np.ndarray) -> np.ndarray:

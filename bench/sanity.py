@@ -166,7 +166,8 @@ def top_class_maps(explanation: Any) -> tuple[np.ndarray, np.ndarray]:
     base = metrics.to_host(explanation.attributions)[:, 0]
     var = metrics.to_host(explanation.var)[:, 0]
     has_channels = base.ndim == 4
-    return metrics.channel_abs_sum(base, has_channels), metrics.channel_abs_sum(var, has_channels)
+    layout = getattr(explanation, "layout", "nchw")  # [N, C, H, W] or channels-last [N, H, W, C]
+    return metrics.channel_abs_sum(base, has_channels, layout), metrics.channel_abs_sum(var, has_channels, layout)
 
 
 def similarities(original: np.ndarray, randomized: np.ndarray) -> dict[str, float]:

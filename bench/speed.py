@@ -29,6 +29,7 @@ from varrt.bench.timing import latency_summary, timed
 from varrt.bench.timing import split_evenly as split_evenly  # also importable from here
 from varrt.bench.timing import timed_in_rounds as timed_in_rounds
 from varrt.core import defaults
+from varrt.core import layout as image_layout
 from varrt.core.classes import parse_classes
 from varrt.core.errors import UsageError
 from varrt.explainer import Explainer
@@ -69,8 +70,9 @@ def _block(explanation: Any) -> None:
 
 
 def input_shape(model: str | os.PathLike[str]) -> tuple[int, int, int]:
+    """One image's shape in the model's layout: (C, H, W), or (H, W, C) for a channels-last model."""
     prep = images.preprocessing_for(model)
-    return (prep.channels, *prep.size)
+    return image_layout.image_dims(prep.layout, prep.channels, *prep.size)
 
 
 def measure_varrt(

@@ -23,9 +23,11 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 import onnx_ir as ir
+from varrt.core import layout as image_layout
 from varrt.core.errors import ModelError, UsageError
 from varrt.export.autodiff import backward
 from varrt.export.emitter import Emitter
+from varrt.export.feature_layout import UNKNOWN, axis_letters, spatial_and_channel_axes
 from varrt.export.rules.context import Context
 from varrt.export.rules.separable import probe_matrix, separable_vjp
 
@@ -74,26 +76,28 @@ CAMS = (*GRADIENT_WEIGHTS, "scorecam")
 
 
 def class_activation_map(em: Emitter, graph: ir.Graph, kind: str, *, image: ir.Value, logits: ir.Value,
-                         num_classes: int, seed: ir.Value, layer: str | None, mask_batch: int | None) -> ir.Value:
+                         num_classes: int, seed: ir.Value, layer: str | None, mask_batch: int | None,
+                         layout: str = image_layout.NCHW) -> ir.Value:
     """[K, N, H, W]: the CAM ``kind`` of the classes in ``seed`` ([K, N, classes], one-hot; ``logits``
-    [N, classes]) at ``layer`` (default: the last spatial feature map from ``image`` to ``logits``)."""
-    value = feature_map(graph, image, logits, layer)
-    height, width = _image_size(image)
-    to_grid = _grid_transform(em, value, height, width)
+    [N, classes]) at ``layer`` (default: the last spatial feature map from ``image`` to ``logits``);
+    ``layout`` is the image's (``varrt.core.layout``)."""
+    value, letters = feature_map(graph, image, logits, layer, layout)
+    height, width = _image_size(image, layout)
+    to_grid, grid = _grid_transform(em, value, letters, height, width)
     feature = to_grid(value, 0)
     if kind == "scorecam":
-        weights = _scorecam_weights(em, graph, image, logits, num_classes, feature, seed, mask_batch)
+        weights = _scorecam_weights(em, graph, image, logits, num_classes, feature, grid, seed, mask_batch, layout)
     else:
         grad = to_grid(backward(em, {logits: seed}, [value])[0], 1)  # [K, N, C, h, w]
         weights = GRADIENT_WEIGHTS[kind](em, feature, grad)
     cam = em.Relu(em.reduce_sum(em.Mul(weights, feature), [2], keepdims=False))  # [K, N, h, w]
-    h, w = _static(feature)[2:]
-    return _upsample(em, cam, (h, w), (height, width), "half_pixel")
+    return _upsample(em, cam, grid[1:], (height, width), "half_pixel")
 
 
 # -- scorecam ------------------------------------------------------------------------------------
 def _scorecam_weights(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.Value, num_classes: int,
-                      feature: ir.Value, seed: ir.Value, mask_batch: int | None) -> ir.Value:
+                      feature: ir.Value, grid: tuple[int, int, int], seed: ir.Value,
+                      mask_batch: int | None, layout: str) -> ir.Value:
     """[K, N, C, 1, 1]: softmax over channels of the class's logit for the image masked by each
     channel of A, upsampled (bilinear, corners aligned, as torch's UpsamplingBilinear2d) and rescaled
     to [0, 1] (Wang et al.; pytorch-grad-cam's ScoreCAM).
@@ -110,8 +114,8 @@ def _scorecam_weights(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.
         raise UsageError(f"scorecam: the model's batch axis is fixed to {batch}, so each forward takes one masked "
                          f"copy per image: leave --mask-batch out (or pass 1), or export the model with a dynamic "
                          "batch axis")
-    _, channels, h, w = _static(feature)
-    height, width = _image_size(image)
+    channels, h, w = grid
+    height, width = _image_size(image, layout)
     chunks = math.ceil(channels / mask_batch)
     padded = em.pad(feature, [0, 0, 0, 0, 0, chunks * mask_batch - channels, 0, 0])
 
@@ -126,15 +130,17 @@ def _scorecam_weights(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.
     low = inner.reduce("ReduceMin", maps, [2, 3])
     span = inner.Add(inner.Sub(inner.reduce("ReduceMax", maps, [2, 3]), low), em.scalar(1e-8, like=image))
     masks = inner.Div(inner.Sub(maps, low), span)  # [N, B, H, W]
-    masked = inner.Mul(inner.unsqueeze(image, [1]), inner.unsqueeze(masks, [2]))  # [N, B, Cin, H, W]
+    # [N, B, Cin, H, W] (or [N, B, H, W, Cin]): each copy's channels masked alike
+    masked = inner.Mul(inner.unsqueeze(image, [1]),
+                       inner.unsqueeze(masks, [1 + image_layout.channel_axis(layout, 4)]))
     copies = inner.Reshape(masked, inner.Concat(em.ints([-1]), inner.shape(image, 1), axis=0))
     scores = _copy_forward(inner, graph, image, logits, copies)  # [N*B, classes]
     chunk_scores = inner.Reshape(scores, em.ints([-1, mask_batch, num_classes]))
     done = inner.Identity(keep_going)
     done.type, chunk_scores.type = keep_going.type, image.type
     body.outputs.extend([done, chunk_scores])
-    for value in list(body.initializers.values()):  # constants live in the outer graph (TensorRT)
-        body.initializers.pop(value.name)
+    for name, value in list(body.initializers.items()):  # constants live in the outer graph (TensorRT)
+        body.initializers.pop(name)
         graph.register_initializer(value)
     for i, node in enumerate(body):  # names are unique across a model and its subgraphs
         node.name = f"varrt_scorecam_node_{i}"
@@ -186,8 +192,12 @@ def _descendants(value: ir.Value) -> set[ir.Value]:
 
 
 # -- the feature map and its patch grid ---------------------------------------------------------
-def feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str | None) -> ir.Value:
-    """The CAM layer: named, or the last rank-4 map with H*W > 1 between image and logits."""
+def feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str | None,
+                layout: str = image_layout.NCHW) -> tuple[ir.Value, str | None]:
+    """The CAM layer, named or the last 4-D map with static H*W > 1 between image and logits, and
+    the letters of its axes where they follow from the image's (export/feature_layout.py: a
+    channels-last model's maps are found as such), else None (tokens; maps regrouped by a Reshape)."""
+    letters = axis_letters(graph, image, layout)
     values = {v.name: v for node in graph for v in node.outputs}
     if layer is not None:
         if layer not in values:
@@ -196,37 +206,53 @@ def feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str |
         if chosen.shape is None or len(chosen.shape) not in (3, 4):
             raise UsageError(f"--layer '{layer}' is neither a feature map [N, C, H, W] / [N, H, W, C] nor tokens "
                              f"[N, T, C] (shape {chosen.shape})")
-        return chosen
-    depends = {image}
+        return chosen, _followed(letters.get(chosen))
     candidates = []
     for node in graph:
-        if any(v in depends for v in node.inputs if v is not None):
-            for v in node.outputs:
-                depends.add(v)
-                dims = list(v.shape) if v.shape is not None else []
-                if len(dims) == 4 and all(isinstance(d, int) for d in dims[2:]) and int(dims[2]) * int(dims[3]) > 1:  # type: ignore[arg-type]
-                    candidates.append(v)
+        for v in node.outputs:
+            found = letters.get(v)
+            axes = None if found is None else spatial_and_channel_axes(layout if found == UNKNOWN else found)
+            if axes is None:
+                continue
+            dims = list(v.shape)  # type: ignore[arg-type]
+            height, width = dims[axes[1]], dims[axes[2]]
+            if isinstance(height, int) and isinstance(width, int) and height * width > 1:
+                candidates.append((v, _followed(found)))
     upstream = _ancestors(logits)
-    candidates = [v for v in candidates if v in upstream]
+    candidates = [(v, found) for v, found in candidates if v in upstream]
     if not candidates:
         raise ModelError("no spatial feature map [N, C, H, W] with H*W > 1 leads to the logits: pass --layer")
     return candidates[-1]
 
 
-def _grid_transform(em: Emitter, value: ir.Value, height: int, width: int) -> Callable[[ir.Value, int], ir.Value]:
+def _followed(letters: str | None) -> str | None:
+    return None if letters in (None, UNKNOWN) else letters
+
+
+def _grid_transform(em: Emitter, value: ir.Value, letters: str | None, height: int,
+                    width: int) -> tuple[Callable[[ir.Value, int], ir.Value], tuple[int, int, int]]:
     """How to put ``value`` (and its cotangent, with ``lead`` more leading axes) on the grid
-    [.., C, h, w]: the identity for [N, C, h, w]; a transpose for [N, h, w, C]; for tokens
-    [N, T, C], the class token dropped (T = 1 + h*w) and the rest laid out as h x w, row-major."""
+    [.., C, h, w], and (C, h, w): for a map whose axis ``letters`` are known, the transpose they
+    say; else the identity for [N, C, h, w] and a transpose for Swin's [N, h, w, C] (told apart by
+    h:w = H:W); for tokens [N, T, C], the class token dropped (T = 1 + h*w) and the rest laid out as
+    h x w, row-major."""
     dims = list(value.shape or [])
     if not all(isinstance(d, int) for d in dims[1:]):
         raise ModelError(f"the CAM layer '{value.name}' must have static sizes after the batch axis "
                          f"(shape {value.shape})")
     sizes = [int(d) for d in dims[1:]]  # type: ignore[arg-type]
+    if len(sizes) == 3 and letters is not None:
+        axes = spatial_and_channel_axes(letters)
+        assert axes is not None  # feature_map keeps only maps with the batch axis first
+        grid = (sizes[axes[0] - 1], sizes[axes[1] - 1], sizes[axes[2] - 1])
+        if axes == (1, 2, 3):
+            return (lambda v, lead: v), grid
+        return (lambda v, lead: em.Transpose(v, perm=[*range(lead + 1), *(lead + a for a in axes)])), grid
     if len(sizes) == 3:
         a, b, c = sizes
         if a * width == b * height and b * width != c * height and a * b > 1:  # Swin: [N, h, w, C]
-            return lambda v, lead: em.Transpose(v, perm=[*range(lead + 1), lead + 3, lead + 1, lead + 2])
-        return lambda v, lead: v
+            return (lambda v, lead: em.Transpose(v, perm=[*range(lead + 1), lead + 3, lead + 1, lead + 2])), (c, a, b)
+        return (lambda v, lead: v), (a, b, c)
     tokens, channels = sizes
     fits = [(p, grid) for p in (0, 1) if (grid := _patch_grid(tokens - p, height, width)) is not None]
     if len(fits) != 1:
@@ -243,7 +269,7 @@ def _grid_transform(em: Emitter, value: ir.Value, height: int, width: int) -> Ca
         grid = em.Reshape(v, em.ints([0] * (lead + 1) + [h, w, channels]))
         return em.Transpose(grid, perm=[*range(lead + 1), lead + 3, lead + 1, lead + 2])
 
-    return to_grid
+    return to_grid, (channels, h, w)
 
 
 def _patch_grid(tokens: int, height: int, width: int) -> tuple[int, int] | None:
@@ -256,15 +282,12 @@ def _patch_grid(tokens: int, height: int, width: int) -> tuple[int, int] | None:
     return h, tokens // h
 
 
-def _static(value: ir.Value) -> list[int]:
-    return [d if isinstance(d, int) else -1 for d in (value.shape or [])]
-
-
-def _image_size(image: ir.Value) -> tuple[int, int]:
-    dims = list(image.shape or [])
-    if len(dims) != 4 or not all(isinstance(d, int) for d in dims[2:]):
-        raise ModelError(f"CAMs need an image input [N, C, H, W] with static H and W (shape {image.shape})")
-    return int(dims[2]), int(dims[3])  # type: ignore[arg-type]
+def _image_size(image: ir.Value, layout: str) -> tuple[int, int]:
+    dims = [d if isinstance(d, int) else None for d in (image.shape or [])]
+    height, width = image_layout.channels_height_width(layout, dims)[1:] if len(dims) == 4 else (None, None)
+    if height is None or width is None:
+        raise ModelError(f"CAMs need a 4-D image input with static height and width (shape {image.shape})")
+    return height, width
 
 
 def _ancestors(value: ir.Value) -> set[ir.Value]:

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes import common as ir_passes
+from varrt.core import layout as image_layout
 from varrt.core.classes import ClassesArg, ClassSpec, check_spec_fits, parse_classes
 from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS, RESERVED_INPUTS, RESERVED_OUTPUTS, VAR_ATTRIBUTIONS
 from varrt.core.defaults import TAU, TEMPERATURE, VAR_SCALE
@@ -54,13 +55,15 @@ def explain_graph(
     mask_batch: int | None = None,
     name: str | None = None,
     target: str = "portable",
+    layout: str | None = None,
 ) -> onnx.ModelProto:
     """Rewrite an ONNX classifier into a graph that also returns per-class attributions.
 
     The result has the model's own image input plus ``class_ids`` int64 [N, K] (or, with
     ``classes="top4+min"`` / ``"topK"``, no such input and a ``class_ids`` output chosen in the
     graph from its own logits), and the outputs ``logits`` [N, num_classes] (pre-softmax),
-    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for ``gradcam``) and, with
+    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for ``gradcam``, whatever the image's
+    layout) and, with
     ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
     standard ONNX ops are emitted.
 
@@ -88,6 +91,10 @@ def explain_graph(
     for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
     with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX
     Runtime's CPU provider, one image per run).
+    ``layout`` ("nchw" or "nhwc") says where the image keeps its channels when the rule of
+    ``varrt.core.layout`` (channels-last when the last dimension is 1 or 3 and the second is not)
+    guesses wrong; Grad-CAM reads the image's height and width by it. It is recorded as the
+    graph's ``varrt.layout`` metadata.
 
     >>> import onnxruntime as ort
     >>> graph = explain_graph("model.onnx", method="guided_backprop")        # doctest: +SKIP
@@ -106,21 +113,25 @@ def explain_graph(
     if {o.name for o in proto.graph.output} >= {LOGITS, ATTRIBUTIONS}:
         raise UsageError(f"{name}: is already an explanation graph (it has '{ATTRIBUTIONS}')")
     clf = load_classifier(proto, name, batch=batch, input_shape=input_shape)
-    builder = _Builder(clf, spec, seed, settings)
+    layout = image_layout.resolve(_dims(clf.data_input), layout)
+    if spec.perturbation and layout != image_layout.NCHW:  # export/perturbation.py builds [C, H, W] masks
+        raise UsageError(f"{name}: {method} is built for channels-first images [N, C, H, W], and this model's "
+                         f"input is {image_layout.describe(layout)}")
+    builder = _Builder(clf, spec, seed, settings, layout)
     masks = PerturbationOptions(method=method, window=window, stride=stride, baseline=baseline, samples=samples,
                                 mask_size=mask_size, keep=keep, chunk=chunk, seed=seed)
     try:
         outputs = builder.build(layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
                                 mask_batch=mask_batch, step_batch=step_batch, classes=chosen, masks=masks)
     except ModelError as error:  # rules name the node and op; the user also needs the file
-        raise type(error)(f"{name}: {error}{_size_hint(clf.data_input)}") from error
+        raise type(error)(f"{name}: {error}{_size_hint(clf.data_input, layout)}") from error
     if var:
-        rank = len(_output_shape(ATTRIBUTIONS, clf, {"method": method}))
+        rank = len(_output_shape(ATTRIBUTIONS, clf, {"method": method, "layout": layout}))
         outputs[VAR_ATTRIBUTIONS] = append_var(builder.em.tape, outputs[ATTRIBUTIONS], temperature=temperature,
                                                  tau=tau, opset=clf.opset, scale=var_scale, rank=rank)
     options = dict(method=method, layer=layer, steps=steps, baseline=baseline, samples=samples, noise=noise,
                    step_batch=step_batch, var=var, temperature=temperature, tau=tau, var_scale=var_scale,
-                   classes=chosen and chosen.text, batch=batch, target=target)
+                   classes=chosen and chosen.text, batch=batch, target=target, layout=layout)
     if spec.perturbation:  # their own options, recorded only where they apply
         options.update(window=window, stride=stride, mask_size=mask_size, keep=keep, chunk=chunk, seed=seed)
     options.update(settings)
@@ -131,13 +142,19 @@ def explain_graph(
     return _finish(clf, outputs, options, "K" if chosen is None else chosen.k)
 
 
-def _size_hint(image: ir.Value) -> str:
+def _dims(value: ir.Value) -> list[int | None]:
+    """A value's dims, None where dynamic."""
+    return [d if isinstance(d, int) else None for d in (value.shape or [])]
+
+
+def _size_hint(image: ir.Value, layout: str) -> str:
     """For a refusal on a model whose image height or width is dynamic: how to fix them."""
     dims = list(image.shape or [])
-    if len(dims) < 4 or all(isinstance(d, int) for d in dims[2:]):
+    if len(dims) < 4 or all(isinstance(d, int) for d in dims[1:]):
         return ""
     shown = [d if isinstance(d, int) else (str(d) if d.value is not None else "?") for d in dims]
-    wanted = "x".join(str(d) if isinstance(d, int) else "NCHW"[i] if i < 4 else f"D{i}" for i, d in enumerate(dims))
+    letters = layout.upper()
+    wanted = "x".join(str(d) if isinstance(d, int) else letters[i] if i < 4 else f"D{i}" for i, d in enumerate(dims))
     return (f" (input '{image.name}' has shape [{', '.join(map(str, shown))}]: its height and width must be fixed "
             f"for this model; pass --input-shape {wanted} (explain_graph(input_shape=...)))")
 
@@ -194,8 +211,8 @@ def _check_options(**values: float) -> None:
 class _Builder:
     """Emits one explanation into the classifier's graph."""
 
-    def __init__(self, clf: Classifier, spec: Method, seed: int, settings: dict):
-        self.clf, self.spec, self.seed = clf, spec, seed
+    def __init__(self, clf: Classifier, spec: Method, seed: int, settings: dict, layout: str):
+        self.clf, self.spec, self.seed, self.layout = clf, spec, seed, layout
         self.settings = {"rule" if k == "lrp_rule" else k: v for k, v in settings.items()}
         self.graph = clf.model.graph
         _rename_reserved(self.graph)
@@ -209,7 +226,8 @@ class _Builder:
         if spec.perturbation:  # forward-only: the model on masked copies, no backward
             logits = self._logits_2d()
             class_ids = self._class_ids(logits, classes)
-            attributions = perturbation_map(em, self.graph, self.image, logits, class_ids, masks)
+            attributions = perturbation_map(em, self.graph, self.image, logits, class_ids,
+                                            self._num_classes(logits), masks)
             return {LOGITS: logits, CLASS_IDS: class_ids, ATTRIBUTIONS: attributions}
         image = self.image
         steps_batch = None
@@ -230,10 +248,11 @@ class _Builder:
         if spec.cam:
             cam = class_activation_map(em, self.graph, spec.cam, image=image, logits=logits_all, seed=seed,
                                        num_classes=self._num_classes(logits), layer=layer,
-                                       mask_batch=mask_batch)  # [K, N, H, W]
+                                       mask_batch=mask_batch, layout=self.layout)  # [K, N, H, W]
             if spec.modified:
                 guided = backward(em, {logits_all: seed}, [image], modified_backward=spec.modified)[0]
-                cam = em.Mul(guided, em.unsqueeze(cam, [2]))
+                rank = len(self.image.shape)  # type: ignore[arg-type]
+                cam = em.Mul(guided, em.unsqueeze(cam, [1 + image_layout.channel_axis(self.layout, rank)]))
             attributions = cam
         else:
             seed_all = seed if steps_batch is None else self._seed_blocks(seed, steps_batch.weights)
@@ -393,6 +412,9 @@ def _output_shape(key: str, clf: Classifier, options: dict, k: int | str = "K") 
     if key == CLASS_IDS:
         return ir.Shape([batch, k])
     spec = METHOD_TABLE[options["method"]]
-    tail = image[2:] if spec.pixel_map else image[1:]
+    if spec.pixel_map:  # a CAM or RISE map is [H, W] per class, whatever the image's layout
+        _, h_axis, w_axis = image_layout.channels_height_width(options["layout"], [0, 1, 2, 3])
+        return ir.Shape([batch, k, image[h_axis], image[w_axis]])
+    tail = image[1:]
     return ir.Shape([batch, k, *tail])
 

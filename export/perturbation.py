@@ -4,9 +4,11 @@ Both run the model on many masked copies of the image and weigh each copy's clas
 its mask is. The copies are made and run inside the graph, ``chunk`` masks at a time: one ONNX
 ``Loop`` whose body holds a copy of the model's forward (its weights are read from the outer
 graph, not copied) and whose loop-carried state is the map being summed, [N, K, H*W]. Memory is
-that of one forward of ``chunk * N`` images, whatever the number of masks. The trip count and the
-accumulator's shape are fixed at export, as TensorRT's parser wants for Loop. The masks are built
-in the body from small constant tables computed at export with a seeded NumPy generator.
+that of one forward of ``chunk * N`` images, whatever the number of masks. The trip count is a
+constant and the accumulator keeps one shape through the iterations, no scan outputs: what the
+ONNX-TensorRT parser documents for Loop (export/tensorrt_support.py). The masks are built in the
+body from small constant tables computed at export with a seeded NumPy generator; the last chunk
+is padded with masks that add nothing (all-zero RISE masks, empty occlusion windows).
 
 occlusion (Zeiler & Fergus; exactly Captum's ``Occlusion`` with a window of (C, w, w) and strides
 s): windows at offsets 0, s, 2s, ... along each of H and W, ceil((H - w) / s) + 1 of them (the
@@ -156,9 +158,9 @@ class RiseTables:
 
 
 def perturbation_map(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.Value, class_ids: ir.Value,
-                     options: PerturbationOptions) -> ir.Value:
+                     num_classes: int, options: PerturbationOptions) -> ir.Value:
     """The map [N, K, C, H, W] (occlusion) or [N, K, H, W] (rise) of the classes ``class_ids``
-    [N, K], from the forward ``image`` -> ``logits`` [N, classes] already in ``graph``."""
+    [N, K], from the forward ``image`` -> ``logits`` [N, num_classes] already in ``graph``."""
     method = options.method
     dims = list(image.shape or [])
     if len(dims) != 4 or not all(isinstance(d, int) for d in dims[1:]):
@@ -169,7 +171,7 @@ def perturbation_map(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.V
                          f"fixed to {dims[0]}: export the model with a dynamic batch axis")
     channels, height, width = (int(d) for d in dims[1:])  # type: ignore[arg-type]
     options.check(height, width)
-    loop = _MaskLoop(em, graph, image, logits, class_ids, height * width, options.chunk)
+    loop = _MaskLoop(em, graph, image, logits, class_ids, num_classes, height * width, options.chunk)
     if method == "occlusion":
         return _occlusion(loop, options, channels, height, width)
     return _rise(loop, options, height, width)
@@ -238,9 +240,9 @@ class _MaskLoop:
     copies and adds weights[B, N, K] x masks[B, H*W] to the carried sum [N, K, H*W]."""
 
     def __init__(self, em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.Value, class_ids: ir.Value,
-                 pixels: int, chunk: int):
+                 num_classes: int, pixels: int, chunk: int):
         self.em, self.graph, self.image, self.logits, self.class_ids = em, graph, image, logits, class_ids
-        self.pixels, self.chunk = pixels, chunk
+        self.num_classes, self.pixels, self.chunk = num_classes, pixels, chunk
         self.forward = _forward_nodes(graph, image, logits)
 
     def padded(self, masks: int) -> int:
@@ -273,7 +275,7 @@ class _MaskLoop:
 
     def _scores_by_one_hot(self, em: Emitter, logits: ir.Value, rank: int) -> ir.Value:
         # opset < 11 has no GatherElements: sum_c logits[..., c] * (ids == c), exact (one term)
-        classes = em.const(np.arange(int(self.logits.shape[1]), dtype=np.int64))  # type: ignore[index,arg-type]
+        classes = em.const(np.arange(self.num_classes, dtype=np.int64))
         one_hot = em.cast_like(em.Equal(em.unsqueeze(self.class_ids, [2]), classes), logits)  # [N, K, classes]
         return em.reduce_sum(em.Mul(em.unsqueeze(logits, [rank - 1]), one_hot), [rank], keepdims=False)
 

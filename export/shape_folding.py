@@ -105,7 +105,7 @@ def _folded(node: ir.Node, opsets: dict[str, int], evaluator: Any) -> list[np.nd
     if sum(int(v.const_value.size) for v in inputs) > _FOLD_LIMIT:  # type: ignore[union-attr,misc]
         return None
     try:
-        return _evaluate(evaluator, node, opsets, {v.name: v.const_value.numpy() for v in inputs})  # type: ignore[union-attr,misc]
+        return _evaluate(evaluator, node, opsets, {v.name: v.const_value.numpy() for v in inputs})  # type: ignore[union-attr]
     except Exception:
         return None  # the runtime computes it instead
 
@@ -269,8 +269,8 @@ def _reshaped(in_dims: list[Dim], entries: list[Dim]) -> list[Dim] | None:
 
 def _broadcast(in_dims: list[Dim], entries: list[Dim]) -> list[Dim]:
     rank = max(len(in_dims), len(entries))
-    a = [1] * (rank - len(in_dims)) + in_dims
-    b: list[Dim] = [1] * (rank - len(entries)) + entries
+    a: list[Dim] = [*[1] * (rank - len(in_dims)), *in_dims]
+    b: list[Dim] = [*[1] * (rank - len(entries)), *entries]
     out: list[Dim] = []
     for x, y in zip(a, b):
         if x == 1:
@@ -290,9 +290,10 @@ def _node_inference(node: ir.Node, opsets: dict[str, int]) -> list[list[Dim] | N
         schema = onnx.defs.get_schema(node.op_type, opsets.get("", 1), "")
     except Exception:
         return []
-    types, data = {}, {}
+    types: dict[str, onnx.TypeProto] = {}
+    data: dict[str, onnx.TensorProto] = {}
     for value in node.inputs:
-        if value is None:
+        if value is None or value.name is None:
             continue
         if value.dtype is None:
             return []
@@ -300,7 +301,7 @@ def _node_inference(node: ir.Node, opsets: dict[str, int]) -> list[list[Dim] | N
                                                   for d in value.shape]
         types[value.name] = onnx.helper.make_tensor_type_proto(int(value.dtype), shape)
         const = value.const_value
-        if const is not None and const.size <= _PARTIAL_LIMIT and not value.dtype.is_floating_point():
+        if const is not None and const.size <= _PARTIAL_LIMIT:  # shapes, axes, pads, Resize's scales
             data[value.name] = onnx.numpy_helper.from_array(const.numpy(), value.name)
     try:
         found = onnx.shape_inference.infer_node_outputs(

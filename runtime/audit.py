@@ -4,7 +4,8 @@ An auditing pipeline reads these instead of millions of maps: how concentrated e
 where it peaks, how much of the image VAR keeps, and how decided the class distribution M is.
 
 Every figure is defined on the *pixel map* of a class: a VAR map [C, H, W] of an input-space method
-summed over its channels (signed), a CAM's [H, W] map as it is. ``pixel_maps`` computes them; the
+([H, W, C] for channels-last models, ``layout="nhwc"``) summed over its channels (signed), a CAM's
+[H, W] map as it is. ``pixel_maps`` computes them; the
 same reduction is what ``varrt explain --save var`` stores.
 
 - ``top_mass_share``: of the map's positive mass, sum(max(v, 0)), the share that lies in its
@@ -32,15 +33,17 @@ import math
 from typing import Any
 
 import numpy as np
+from varrt.core import layout as image_layout
 
 #: The share of pixels whose mass ``top_mass_share`` measures.
 TOP_FRACTION = 0.05
 
 
-def pixel_maps(maps: np.ndarray) -> np.ndarray:
-    """[K, C, H, W] input-space maps summed over channels, or [K, H, W] CAMs as they are: [K, H, W]."""
+def pixel_maps(maps: np.ndarray, layout: str = image_layout.NCHW) -> np.ndarray:
+    """[K, C, H, W] ([K, H, W, C] with ``layout="nhwc"``) input-space maps summed over channels, or
+    [K, H, W] CAMs as they are: [K, H, W]."""
     maps = np.asarray(maps)
-    return maps.sum(axis=1) if maps.ndim == 4 else maps
+    return maps.sum(axis=image_layout.channel_axis(layout, 4)) if maps.ndim == 4 else maps
 
 
 def top_mass_share(pixel_map: np.ndarray, fraction: float = TOP_FRACTION) -> float:
@@ -63,10 +66,11 @@ def peak(pixel_map: np.ndarray) -> tuple[int, int]:
     return (int(row), int(col))
 
 
-def kept_fraction(var_map: np.ndarray) -> float:
-    """Fraction of pixels where ``var_map`` ([C, H, W] or [H, W]) is nonzero in any channel."""
+def kept_fraction(var_map: np.ndarray, layout: str = image_layout.NCHW) -> float:
+    """Fraction of pixels where ``var_map`` ([C, H, W], [H, W, C] with ``layout="nhwc"``, or [H, W])
+    is nonzero in any channel."""
     var_map = np.asarray(var_map)
-    kept = var_map.any(axis=0) if var_map.ndim == 3 else var_map != 0
+    kept = var_map.any(axis=image_layout.channel_axis(layout, 3)) if var_map.ndim == 3 else var_map != 0
     return float(kept.mean())
 
 
@@ -89,16 +93,17 @@ def class_entropy(attributions: np.ndarray, temperature: float, var_scale: str =
 
 
 def image_figures(attributions: np.ndarray, var: np.ndarray | None, temperature: float,
-                  var_scale: str = "none") -> dict[str, Any]:
-    """The audit figures of one image: per-class lists (None without VAR) and the entropy of M."""
+                  var_scale: str = "none", layout: str = image_layout.NCHW) -> dict[str, Any]:
+    """The audit figures of one image: per-class lists (None without VAR) and the entropy of M;
+    ``layout`` says where input-space maps keep their channels."""
     figures: dict[str, Any] = {"class_entropy": class_entropy(attributions, temperature, var_scale)}
     if var is None:
         return figures | {"top_mass_share": None, "peak_row": None, "peak_col": None, "kept_fraction": None}
-    maps = pixel_maps(var)
+    maps = pixel_maps(var, layout)
     peaks = [peak(m) for m in maps]
     return figures | {
         "top_mass_share": [top_mass_share(m) for m in maps],
         "peak_row": [p[0] for p in peaks],
         "peak_col": [p[1] for p in peaks],
-        "kept_fraction": [kept_fraction(v) for v in var],
+        "kept_fraction": [kept_fraction(v, layout) for v in var],
     }

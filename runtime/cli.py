@@ -27,6 +27,7 @@ from tqdm import tqdm
 from varrt import audit, data, pipeline, triton
 from varrt.bench import cli as bench_cli
 from varrt.core import defaults
+from varrt.core import layout as image_layout
 from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS
 from varrt.core.errors import UsageError, VarrtError
 from varrt.core.options import ExplainOptions
@@ -143,7 +144,8 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
     the outputs are unless ``job.quiet``. The model file is read once and handed on.
     """
     model = read_model(job.model)
-    prep = preprocessing_for(model, preset_name=job.preset, mean=job.mean, std=job.std, size=job.size)
+    prep = preprocessing_for(model, preset_name=job.preset, mean=job.mean, std=job.std, size=job.size,
+                             layout=job.options.method_options.get("layout"))
     labels = _read_labels(job.labels, model)
     # Fail on an unwritable --out before the (slow) graph build and before any output is written;
     # an image that cannot be read becomes its error row instead.
@@ -159,7 +161,7 @@ def run_explain(job: ExplainJob, stdout: Any = None) -> list[dict[str, Any]]:
     job.out.mkdir(parents=True, exist_ok=True)
     summaries: list[dict[str, Any]] = []
     try:
-        with ResultsWriter(job.out / RESULTS_NAME, _run_record(job, backend)) as results, \
+        with ResultsWriter(job.out / RESULTS_NAME, _run_record(job, backend, prep.layout)) as results, \
                 _progress_bar(len(job.images), job.options.method, job.quiet) as bar:
             for row, image in rows:
                 outputs = _write_outputs(job, image) if image is not None else []
@@ -182,14 +184,14 @@ def _progress_bar(total: int, label: str, quiet: bool) -> tqdm:
     return tqdm(total=total, desc=label, unit="image", file=sys.stderr, disable=True if quiet else None)
 
 
-def _run_record(job: ExplainJob, backend: str) -> dict[str, Any]:
+def _run_record(job: ExplainJob, backend: str, layout: str) -> dict[str, Any]:
     """The run's settings, kept in results.parquet's metadata."""
     options = job.options
     return {
         "model": str(job.model), "method": options.method, "classes": str(options.classes), "var": options.var,
         "temperature": options.temperature, "tau": options.tau, "var_scale": options.var_scale,
         "method_options": dict(options.method_options), "backend": backend, "save": job.save,
-        "images": len(job.images), "varrt_version": __version__,
+        "images": len(job.images), "varrt_version": __version__, "layout": layout,
     }
 
 
@@ -216,10 +218,11 @@ def _write_outputs(job: ExplainJob, image: Outcome) -> list[Path]:
         "class_names": np.array(image.names),
         "probabilities": image.probabilities[image.class_ids].astype(np.float32),
         LOGITS: image.logits.astype(np.float32),
+        "layout": np.array(image.layout),  # of the input-space maps: [K, C, H, W] or [K, H, W, C]
     }
     if job.save == "var":
         assert image.var is not None  # ExplainJob refuses --save var with --no-var
-        arrays["var"] = audit.pixel_maps(image.var).astype(np.float16)
+        arrays["var"] = audit.pixel_maps(image.var, image.layout).astype(np.float16)
     else:
         arrays[ATTRIBUTIONS] = image.attributions.astype(np.float32)
         if image.var is not None:
@@ -232,7 +235,8 @@ def _write_outputs(job: ExplainJob, image: Outcome) -> list[Path]:
         method = job.options.method
         figure = explanation_figure(image.pixels, image.attributions, image.var, image.names,
                                     arrays["probabilities"], method=method,
-                                    title=f"{Path(image.source).name}: {method}")
+                                    title=f"{Path(image.source).name}: {method}",
+                                    layout=image.layout)
         png_path = job.out / f"{image.stem}.png"
         with atomic_path(png_path) as temporary:
             figure.save(temporary, format="PNG")
@@ -274,7 +278,8 @@ def _print_summaries(job: ExplainJob, summaries: list[dict[str, Any]], backend: 
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The method options given on the command line (absent ones keep the exporter's defaults)."""
     names = ("layer", "steps", "baseline", "samples", "noise", "window", "stride", "mask_size", "keep", "chunk", "seed",
-             "lrp_rule", "epsilon", "gamma", "step_batch")
+             "lrp_rule", "epsilon", "gamma", "step_batch",
+             "mask_batch", "layout")
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
@@ -500,7 +505,8 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method options (defaults: the exporter's)")
     group.add_argument(
         "--layer",
-        help="gradcam/guided_gradcam: the feature map to use (a value name; default: the last 4-D one)",
+        help="CAM methods: the feature map to use (a value name; default: the last 4-D one); tokens [N, T, C] "
+        "and [N, H, W, C] maps are put on the patch grid",
     )
     group.add_argument("--steps", type=int, help="integrated_gradients: interpolation steps (default 32)")
     group.add_argument("--baseline", type=float, help="integrated_gradients, gradient_shap, deeplift, occlusion: "
@@ -523,6 +529,12 @@ def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--step-batch", type=int, help="integrated_gradients, smoothgrad, gradient_shap: run this many "
                        "steps or samples at a time, adding the runs (memory bound, as Captum's internal_batch_size; "
                        "varrt export: the graph takes them as an input, alphas or sample_weights)")
+    group.add_argument("--mask-batch", type=int, metavar="B",
+                       help="scorecam: masked copies of each image per forward (default 32; 1 when the model's "
+                       "batch axis is fixed); memory grows with N x B")
+    parser.add_argument("--layout", choices=image_layout.LAYOUTS,
+                        help="where the model's image input keeps its channels: nchw [N, C, H, W] or nhwc "
+                        "[N, H, W, C] (default: nhwc when the last dimension is 1 or 3 and the second is not)")
 
 
 def _add_var_options(parser: Any) -> None:
@@ -571,7 +583,7 @@ def add_explain_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None
             "of absolute values over channels, scaled by their 99th percentile."
         ),
     )
-    parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier (input [N, C, H, W])")
+    parser.add_argument("model", metavar="MODEL.onnx", help="the ONNX classifier (input [N, C, H, W] or [N, H, W, C])")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG/JPEG files, or directories of them")
     parser.add_argument("--out", "-o", required=True, metavar="DIR", help="output directory (created if missing)")
     parser.add_argument("--method", "-m", default=defaults.METHOD, help=_method_help(defaults.METHOD))
@@ -666,7 +678,8 @@ def add_export_parser(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         description=(
             "Rewrite an ONNX classifier into an explanation graph. Inputs: the model's own, plus "
             "class_ids int64 [N, K]. Outputs: logits [N, classes], attributions [N, K, C, H, W] "
-            "([N, K, H, W] for CAM methods) and, with --var, var_attributions. The graph uses standard "
+            "([N, K, H, W, C] for channels-last models, [N, K, H, W] for CAM methods) and, with --var, "
+            "var_attributions. The graph uses standard "
             "ONNX ops only, for ONNX Runtime and TensorRT. With --triton-repo DIR --name NAME it is written "
             "as a Triton Inference Server model, with a config.pbtxt read off the graph's inputs and outputs."
         ),

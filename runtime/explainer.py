@@ -21,6 +21,7 @@ from varrt.backends.base import Backend, tensor_specs
 from varrt.backends.select import choose_backend, create_backend, parse_device
 from varrt.cache import GraphCache, graph_cache_key
 from varrt.core import defaults
+from varrt.core import layout as image_layout
 from varrt.core.classes import ClassesArg, ClassSpec, check_class_ids, check_spec_fits
 from varrt.core.contract import ATTRIBUTIONS, CLASS_IDS, LOGITS, VAR_ATTRIBUTIONS
 from varrt.core.errors import ModelError, UsageError
@@ -29,6 +30,7 @@ from varrt.core.version import __version__
 from varrt.export import METHODS, explain_graph
 from varrt.export.methods import METHOD_TABLE
 from varrt.export.model_loading import read_model
+from varrt.images import image_input_shape
 from varrt.kernels import var_maps
 from varrt.step_chunks import step_chunk_feeds
 
@@ -47,8 +49,10 @@ class Explanation:
 
     - ``class_ids``: int64 [N, K], the explained classes (rule order: most likely first).
     - ``logits``: float [N, num_classes], pre-softmax; ``probabilities``: their softmax.
-    - ``attributions``: float [N, K, C, H, W] (or [N, K, H, W] for Grad-CAM).
+    - ``attributions``: float [N, K, C, H, W] (or [N, K, H, W] for Grad-CAM); [N, K, H, W, C] for
+      a channels-last model.
     - ``var``: the VAR maps, same shape as ``attributions``; None when ``var=False``.
+    - ``layout``: the model input's layout, which input-space maps follow: "nchw" or "nhwc".
     """
 
     class_ids: Any
@@ -58,6 +62,7 @@ class Explanation:
     var: Any | None
     method: str = ""
     backend: str = ""
+    layout: str = image_layout.NCHW
 
 
 class Explainer:
@@ -104,11 +109,15 @@ class Explainer:
             attributions are added (``varrt.step_chunks``), as Captum's
             ``internal_batch_size``: memory grows with batch_size * (step_batch + 1) images.
 
+    Images come in the model's own layout: [N, C, H, W], or [N, H, W, C] for a channels-last model
+    (Keras/TensorFlow via tf2onnx, TFLite), detected by ``varrt.core.layout`` and kept in ``layout``;
+    ``layout="nchw"|"nhwc"`` overrides the detection. Input-space maps follow it.
+
     The settings are kept as one ``varrt.core.options.ExplainOptions`` (``options``), the record
     ``varrt explain`` fills from its arguments; ``Explainer.from_options`` takes one directly.
 
     Invalid input is refused with a one-line ``varrt.core.errors.UsageError`` before anything runs: a
-    batch that is not [N, C, H, W] float, an empty batch, sizes the graph does not take, class ids
+    batch that is not 4-D float or not in the model's layout, an empty batch, sizes the graph does not take, class ids
     out of range, and images containing NaN or Inf (they would turn whole maps into NaN; clean
     them first, e.g. with ``numpy.nan_to_num``).
 
@@ -150,18 +159,26 @@ class Explainer:
         self.options = options
         self.var_in_graph = var and var_in_graph
         self._step_chunks = step_chunk_feeds(method, method_options)
+        # Where the graph chooses the classes, its first run takes one step only: the later runs go
+        # through the class_ids graph, so only that session's memory grows with step_batch.
+        self._step_chunks_chosen = step_chunk_feeds(method, method_options, first=1)
         if self._step_chunks and self.var_in_graph:
             raise UsageError("step_batch adds the attributions of several runs, so VAR cannot be computed "
                              "inside the graph: leave var_in_graph off")
         self.backend_options = dict(backend_options or {})
         self._model, self._model_bytes, self.name = _read_model(model, name)
+        self._input_dims = image_input_shape(self._model)
+        self.layout = image_layout.resolve(self._input_dims, method_options.get("layout"))
         self._cache = GraphCache(cache_dir)
         _, self._device_id = parse_device(device)
         self.backend_name = choose_backend(backend, device)
-        self._one_image = self.backend_name == "onnxruntime-cpu" and _takes_fixed_batch(method, self._model)
+        # (--mask-batch B runs N x B masked copies per forward: scorecam needs the batch axis free for it)
+        self._one_image = (self.backend_name == "onnxruntime-cpu" and _takes_fixed_batch(method, self._model)
+                           and method_options.get("mask_batch", 1) == 1)
         # A model whose image sizes are dynamic gets one graph per image shape, built on first use;
         # an explicit input_shape method option fixes them once, like a static model.
-        self._dynamic_dims = None if "input_shape" in method_options else _dynamic_image_dims(self._model)
+        self._dynamic_dims = (None if "input_shape" in method_options
+                              else _dynamic_image_dims(self._model, self.layout))
         logger.info("varrt: Explainer runs %s on backend %s", method, self.backend_name)
         self._lock = threading.Lock()
         self._backends: dict[str, Backend] = {}
@@ -201,7 +218,8 @@ class Explainer:
 
     # --- public -----------------------------------------------------------------------------------
     def __call__(self, images: Any, class_ids: Any = None) -> Explanation:
-        """Explain a float32 batch [N, C, H, W]; ``class_ids`` [N, K] overrides the class spec."""
+        """Explain a float32 batch [N, C, H, W] ([N, H, W, C] for a channels-last model);
+        ``class_ids`` [N, K] overrides the class spec."""
         if class_ids is not None:
             ids: np.ndarray | None = check_class_ids(_to_numpy(class_ids), self.num_classes, var=self.options.var)
             variant = _FED
@@ -250,20 +268,22 @@ class Explainer:
                 var=joined.get("var"),
                 method=self.method,
                 backend=self.backend_name,
+                layout=self.layout,
             )
 
     def _run(self, backend: Backend, feeds: dict[str, Any], shape: tuple[int, int, int] | None) -> dict[str, Any]:
         """One backend run, or with ``step_batch`` one run per chunk of steps, their attributions added;
         the chunks after the first explain the classes the first chose (through the class_ids graph)."""
-        if not self._step_chunks:
+        chunks = self._step_chunks if CLASS_IDS in feeds else self._step_chunks_chosen
+        if not chunks:
             return backend.run(feeds)
-        first = backend.run({**feeds, **self._step_chunks[0]})
-        if len(self._step_chunks) == 1:
+        first = backend.run({**feeds, **chunks[0]})
+        if len(chunks) == 1:
             return first
         fed = backend if CLASS_IDS in feeds else self._variant_backend(_FED, shape)
         rest = {self.input_name: feeds[self.input_name], CLASS_IDS: feeds.get(CLASS_IDS, first.get(CLASS_IDS))}
         total = first[ATTRIBUTIONS]
-        for chunk in self._step_chunks[1:]:
+        for chunk in chunks[1:]:
             total = total + fed.run({**rest, **chunk})[ATTRIBUTIONS]
         return {**first, ATTRIBUTIONS: total}
 
@@ -295,7 +315,7 @@ class Explainer:
     # --- graphs and backends ----------------------------------------------------------------------
     def graph_options(self, variant: str, image_shape: tuple[int, int, int] | None = None) -> dict[str, Any]:
         """The ``explain_graph`` options of a graph variant (a class rule, or "class_ids"); for a model
-        whose image sizes are dynamic, also of the image shape (C, H, W) it is built for."""
+        whose image sizes are dynamic, also of the image shape (C, H, W), or (H, W, C), it is built for."""
         options = dict(self.options.method_options)
         options["classes"] = None if variant == _FED else variant
         options["var"] = self.var_in_graph
@@ -381,20 +401,21 @@ class Explainer:
         return fixed if isinstance(fixed, int) and fixed > 0 else self.options.batch_size
 
     def _image_shape(self, images: Any) -> tuple[Any, tuple[int, int, int]]:
-        """For a model with dynamic image sizes: the images (as an array) and the (C, H, W) their graph
-        is built for; the channel count must be the model's where it fixes one."""
+        """For a model with dynamic image sizes: the images (as an array) and the shape of one image,
+        (C, H, W) or (H, W, C), their graph is built for; the channel count must be the model's where it
+        fixes one."""
         if type(images).__module__.split(".")[0] != "cupy":
             images = np.asarray(images)
+        self._check_batch_shape(images)
+        return images, (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
+
+    def _check_batch_shape(self, images: Any) -> None:
         if images.ndim != 4:
-            raise UsageError(f"images must be a batch [N, C, H, W], got shape {tuple(images.shape)}")
+            what = image_layout.describe(self.layout).split(" ", 1)[1]
+            raise UsageError(f"images must be a batch {what}, got shape {tuple(images.shape)}")
         if images.shape[0] == 0:
             raise UsageError("images is an empty batch")
-        assert self._dynamic_dims is not None
-        channels = self._dynamic_dims[2]
-        if channels is not None and images.shape[1] != channels:
-            raise UsageError(f"images have {images.shape[1]} channels, but input '{self.input_name}' of "
-                             f"{self.name} takes {channels} (shape {tuple(images.shape)})")
-        return images, (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
+        image_layout.check_batch(tuple(images.shape), self._input_dims, self.layout, self.input_name, self.name)
 
     def _check_images(self, images: Any, backend: Backend) -> Any:
         on_gpu = type(images).__module__.split(".")[0] == "cupy"
@@ -402,10 +423,7 @@ class Explainer:
             raise UsageError(f"images are a CuPy array, but backend {self.backend_name} takes NumPy arrays")
         if not on_gpu:
             images = np.asarray(images)
-        if images.ndim != 4:
-            raise UsageError(f"images must be a batch [N, C, H, W], got shape {tuple(images.shape)}")
-        if images.shape[0] == 0:
-            raise UsageError("images is an empty batch")
+        self._check_batch_shape(images)
         if not np.issubdtype(images.dtype, np.floating):
             raise UsageError(f"images must be float32 (preprocessed), got dtype {images.dtype}")
         if images.dtype != np.float32:
@@ -448,10 +466,10 @@ def _takes_fixed_batch(method: str, proto: onnx.ModelProto) -> bool:
     return len(dims) > 0 and (not dims[0].HasField("dim_value") or dims[0].dim_value == 1)
 
 
-def _dynamic_image_dims(proto: onnx.ModelProto) -> tuple[str, int | str, int | None] | None:
-    """For a model whose image input (one 4-D float input) has a dynamic channel count, height or
-    width: its name, its batch dimension (a size, or a name that keeps it dynamic) and its channel
-    count where fixed; None otherwise (the graph is built as the model is)."""
+def _dynamic_image_dims(proto: onnx.ModelProto, layout: str) -> tuple[str, int | str, int | None] | None:
+    """For a model whose image input (one 4-D float input, in ``layout``) has a dynamic channel count,
+    height or width: its name, its batch dimension (a size, or a name that keeps it dynamic) and its
+    channel count where fixed; None otherwise (the graph is built as the model is)."""
     weights = {init.name for init in proto.graph.initializer}
     inputs = [value for value in proto.graph.input if value.name not in weights]
     if len(inputs) != 1 or not inputs[0].type.tensor_type.HasField("shape"):
@@ -462,7 +480,8 @@ def _dynamic_image_dims(proto: onnx.ModelProto) -> tuple[str, int | str, int | N
     first = dims[0]
     batch: int | str = first.dim_value if first.HasField("dim_value") and first.dim_value > 0 else (
         first.dim_param or "N")
-    channels = dims[1].dim_value if dims[1].HasField("dim_value") and dims[1].dim_value > 0 else None
+    channel = dims[image_layout.channel_axis(layout, 4)]
+    channels = channel.dim_value if channel.HasField("dim_value") and channel.dim_value > 0 else None
     return inputs[0].name, batch, channels
 
 

@@ -9,6 +9,9 @@ centre. ``resize="stretch"`` instead resizes straight to the input size, ignorin
 >>> x = varrt.images.load_image(varrt.data.demo_images()[0], prep)
 >>> x.shape, x.dtype
 ((3, 224, 224), dtype('float32'))
+
+Channels-last models (``varrt.core.layout``) get [H, W, C] images: ``preprocessing_for`` reads the
+layout off the model, ``Preprocessing(layout="nhwc")`` sets it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 from PIL import Image, UnidentifiedImageError
+from varrt.core import layout as image_layout
 from varrt.core.errors import ModelError, UsageError, VarrtError
 from varrt.export.model_loading import read_model
 
@@ -49,7 +53,8 @@ DEFAULT_SIZE = (224, 224)
 class Preprocessing:
     """How a file becomes a model input: target size (H, W), per-channel mean/std on 0..1 pixels.
 
-    ``channels`` is 3 (RGB) or 1 (grayscale, for models with a one-channel input).
+    ``channels`` is 3 (RGB) or 1 (grayscale, for models with a one-channel input); ``layout`` is
+    "nchw" (inputs [C, H, W]) or "nhwc" (inputs [H, W, C], for channels-last models).
     """
 
     size: tuple[int, int] = DEFAULT_SIZE
@@ -57,8 +62,11 @@ class Preprocessing:
     std: tuple[float, ...] = PRESETS["imagenet"][1]
     resize: ResizeMode = "crop"
     channels: int = 3
+    layout: str = image_layout.NCHW
 
     def __post_init__(self) -> None:
+        if self.layout not in image_layout.LAYOUTS:
+            raise UsageError(f"--layout must be one of {', '.join(image_layout.LAYOUTS)}, not {self.layout!r}")
         if self.channels not in (1, 3):
             raise UsageError(f"images must have 1 or 3 channels, not {self.channels}")
         for name, values in (("mean", self.mean), ("std", self.std)):
@@ -94,12 +102,13 @@ def image_input_shape(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[
     return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
 
 
-def input_size(model: onnx.ModelProto | str | os.PathLike[str]) -> tuple[int, int] | None:
-    """The static (H, W) of the model's NCHW image input, or None when they are symbolic."""
+def input_size(model: onnx.ModelProto | str | os.PathLike[str], layout: str | None = None) -> tuple[int, int] | None:
+    """The static (H, W) of the model's image input (its layout detected, or ``layout``), or None
+    when they are symbolic."""
     shape = image_input_shape(model)
     if len(shape) != 4:
-        raise ModelError(f"expected a 4-D image input [N, C, H, W], the model's is {len(shape)}-D")
-    height, width = shape[2], shape[3]
+        raise ModelError(f"expected a 4-D image input [N, C, H, W] or [N, H, W, C], the model's is {len(shape)}-D")
+    _, height, width = image_layout.channels_height_width(image_layout.resolve(shape, layout), shape)
     if height is None or width is None:
         return None
     return height, width
@@ -113,19 +122,27 @@ def preprocessing_for(
     std: Sequence[float] | None = None,
     size: tuple[int, int] | None = None,
     resize: ResizeMode = "crop",
+    layout: str | None = None,
 ) -> Preprocessing:
     """Preprocessing for ``model``: explicit arguments win, then the model's metadata, then ImageNet.
 
-    The size comes from the graph when its input is static, else ``size``, else 224x224. The
+    The layout is the model input's (``varrt.core.layout``), or ``layout`` when given. The size
+    comes from the graph when its input is static, else ``size``, else 224x224. The
     normalisation comes from ``mean``/``std`` (each overrides the preset's), else ``preset_name``,
     else the model's ``varrt.mean``/``varrt.std`` or ``varrt.preset`` metadata, else "imagenet".
     """
     proto = read_model(model)
     shape = image_input_shape(proto)
     if len(shape) != 4:
-        raise ModelError(f"expected a 4-D image input [N, C, H, W], the model's is {len(shape)}-D")
-    channels = shape[1] if shape[1] in (1, 3) else 3
-    graph_size = input_size(proto)
+        raise ModelError(f"expected a 4-D image input [N, C, H, W] or [N, H, W, C], the model's is {len(shape)}-D")
+    chosen_layout = image_layout.resolve(shape, layout)
+    model_channels = image_layout.channels_height_width(chosen_layout, shape)[0]
+    if model_channels is not None and model_channels > 0 and model_channels not in (1, 3):
+        raise UsageError(f"the model's input {shape} takes {model_channels} channels (axis "
+                         f"{image_layout.channel_axis(chosen_layout, 4)}) as {image_layout.describe(chosen_layout)}; "
+                         "images have 3 (RGB) or 1 (grayscale): pass --layout if the layout is wrong")
+    channels = model_channels if model_channels in (1, 3) else 3
+    graph_size = input_size(proto, chosen_layout)
     if graph_size is not None and size is not None and tuple(size) != graph_size:
         raise UsageError(
             f"the model's input is fixed at {graph_size[0]}x{graph_size[1]}, not {size[0]}x{size[1]}"
@@ -148,7 +165,8 @@ def preprocessing_for(
         # A grayscale model takes one channel: fold three-channel statistics to their average.
         final_mean = (float(np.mean(final_mean)),) if len(final_mean) == 3 else final_mean
         final_std = (float(np.mean(final_std)),) if len(final_std) == 3 else final_std
-    return Preprocessing(size=chosen_size, mean=final_mean, std=final_std, resize=resize, channels=channels)
+    return Preprocessing(size=chosen_size, mean=final_mean, std=final_std, resize=resize, channels=channels,
+                         layout=chosen_layout)
 
 
 def _parse_floats(text: str, key: str) -> tuple[float, ...]:
@@ -209,14 +227,17 @@ def fit(image: Image.Image, size: tuple[int, int], resize: ResizeMode = "crop") 
     return scaled.crop((left, top, left + width, top + height))
 
 
-def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """uint8 pixels [H, W, C] or [H, W] -> float32 [C, H, W] as (pixels / 255 - mean) / std."""
+def normalize(pixels: np.ndarray, mean: Sequence[float], std: Sequence[float],
+              layout: str = image_layout.NCHW) -> np.ndarray:
+    """uint8 pixels [H, W, C] or [H, W] -> float32 (pixels / 255 - mean) / std, [C, H, W] (or
+    [H, W, C] for ``layout="nhwc"``)."""
     values = pixels.astype(np.float32) / np.float32(255.0)
     if values.ndim == 2:
         values = values[:, :, None]
     mean_array = np.asarray(mean, dtype=np.float32)
     std_array = np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(((values - mean_array) / std_array).transpose(2, 0, 1))
+    normalized = (values - mean_array) / std_array
+    return np.ascontiguousarray(normalized.transpose(2, 0, 1) if layout == image_layout.NCHW else normalized)
 
 
 def load_pixels(path: str | os.PathLike[str], prep: Preprocessing) -> np.ndarray:
@@ -227,14 +248,16 @@ def load_pixels(path: str | os.PathLike[str], prep: Preprocessing) -> np.ndarray
 def load_image(
     path: str | os.PathLike[str], prep: Preprocessing | None = None, **options: Any
 ) -> np.ndarray:
-    """One file as a model input, float32 [C, H, W]; ``options`` build a Preprocessing if none given."""
+    """One file as a model input, float32 [C, H, W] ([H, W, C] for a channels-last ``prep``);
+    ``options`` build a Preprocessing if none given."""
     prep = prep if prep is not None else Preprocessing(**options)
-    return normalize(load_pixels(path, prep), prep.mean, prep.std)
+    return normalize(load_pixels(path, prep), prep.mean, prep.std, prep.layout)
 
 
 @dataclass
 class Batch:
-    """A batch of files: their paths, display pixels [B, H, W, 3] uint8 and inputs [B, C, H, W]."""
+    """A batch of files: their paths, display pixels [B, H, W, 3] uint8 and inputs [B, C, H, W]
+    ([B, H, W, C] for a channels-last Preprocessing)."""
 
     paths: list[str]
     pixels: np.ndarray
@@ -250,5 +273,5 @@ def iter_batches(
     for start in range(0, len(paths), batch_size):
         chunk = [os.fspath(p) for p in paths[start : start + batch_size]]
         pixels = np.stack([load_pixels(p, prep) for p in chunk])
-        inputs = np.stack([normalize(p, prep.mean, prep.std) for p in pixels])
+        inputs = np.stack([normalize(p, prep.mean, prep.std, prep.layout) for p in pixels])
         yield Batch(paths=chunk, pixels=pixels, inputs=inputs)

@@ -2,7 +2,8 @@
 
 Display choices, made once here so every figure varrt writes reads the same way:
 
-- Input-space maps [C, H, W] (gradient, guided backprop, integrated gradients...) are reduced to
+- Input-space maps [C, H, W] ([H, W, C] for channels-last models, ``layout="nhwc"``; gradient,
+  guided backprop, integrated gradients...) are reduced to
   one value per pixel by the sum of absolute values over channels: it shows where the model is
   sensitive whatever the sign, the usual way such maps are shown (Simonyan et al. take the max
   over channels; the sum is smoother and keeps every channel's evidence).
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from varrt.core import layout as image_layout
 
 # Anchor colours of a perceptually ordered dark-to-bright map in the manner of matplotlib's
 # 'inferno' (values sampled by eye, interpolated linearly to 256 entries).
@@ -64,11 +66,12 @@ SEQUENTIAL_LUT = _lut(_SEQUENTIAL_ANCHORS)
 DIVERGING_LUT = _lut(_DIVERGING_ANCHORS)
 
 
-def reduce_channels(attribution: np.ndarray) -> np.ndarray:
-    """[C, H, W] -> [H, W] by the sum of absolute values over channels; [H, W] passes through."""
+def reduce_channels(attribution: np.ndarray, layout: str = image_layout.NCHW) -> np.ndarray:
+    """[C, H, W] ([H, W, C] with ``layout="nhwc"``) -> [H, W] by the sum of absolute values over
+    channels; [H, W] passes through."""
     values = np.asarray(attribution, dtype=np.float32)
     if values.ndim == 3:
-        return np.abs(values).sum(axis=0)
+        return np.abs(values).sum(axis=image_layout.channel_axis(layout, 3))
     if values.ndim == 2:
         return values
     raise ValueError(f"expected an attribution map [C, H, W] or [H, W], got shape {values.shape}")
@@ -99,10 +102,12 @@ def colorize(map2d: np.ndarray, signed: bool | None = None) -> np.ndarray:
     return lut[np.round(unit * 255).astype(np.intp)]
 
 
-def heatmap_overlay(pixels: np.ndarray, attribution: np.ndarray, alpha: float = OVERLAY_ALPHA) -> Image.Image:
-    """Blend one attribution map (input-space [C, H, W] or [H, W]) over a uint8 photo [H, W, 3]."""
+def heatmap_overlay(pixels: np.ndarray, attribution: np.ndarray, alpha: float = OVERLAY_ALPHA,
+                    layout: str = image_layout.NCHW) -> Image.Image:
+    """Blend one attribution map (input-space [C, H, W], or [H, W, C] with ``layout="nhwc"``, or
+    [H, W]) over a uint8 photo [H, W, 3]."""
     photo = Image.fromarray(np.asarray(pixels, dtype=np.uint8)).convert("RGB")
-    heat = Image.fromarray(colorize(reduce_channels(attribution)))
+    heat = Image.fromarray(colorize(reduce_channels(attribution, layout)))
     if heat.size != photo.size:
         # CAM maps are at input resolution already; this covers maps from other pipelines.
         heat = heat.resize(photo.size, Image.Resampling.BILINEAR)
@@ -141,10 +146,12 @@ def explanation_figure(
     *,
     method: str = "attribution",
     title: str = "",
+    layout: str = image_layout.NCHW,
 ) -> Image.Image:
     """One figure per image: the photo on top, then per class a row [base map | VAR map].
 
-    ``attributions`` and ``var`` are [K, C, H, W] or [K, H, W]; ``class_names`` and
+    ``attributions`` and ``var`` are [K, C, H, W] ([K, H, W, C] with ``layout="nhwc"``) or
+    [K, H, W]; ``class_names`` and
     ``probabilities`` have K entries and label each row. Without ``var`` the rows hold the base
     map alone.
     """
@@ -180,6 +187,7 @@ def explanation_figure(
         y += line_h
         maps = [attributions[k]] + ([var[k]] if var is not None else [])
         for column, attribution in enumerate(maps):
-            figure.paste(heatmap_overlay(pixels, attribution), (_MARGIN + column * (tile_w + _MARGIN), y))
+            figure.paste(heatmap_overlay(pixels, attribution, layout=layout),
+                         (_MARGIN + column * (tile_w + _MARGIN), y))
         y += tile_h + _MARGIN
     return figure

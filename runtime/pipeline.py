@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 from varrt import audit, data
+from varrt.core import layout as image_layout
 from varrt.core.errors import VarrtError
 from varrt.core.options import ExplainOptions
 from varrt.explainer import Explainer, Explanation
@@ -45,6 +46,7 @@ class Explained:
     top_name: str  # of the most likely class, explained or not
     attributions: np.ndarray
     var: np.ndarray | None
+    layout: str = image_layout.NCHW  # the model input's, which input-space maps follow
 
 
 @dataclass
@@ -117,7 +119,7 @@ def _explain_good(
 ) -> list[Outcome]:
     if not sources:
         return []
-    inputs = np.stack([normalize(p, prep.mean, prep.std) for p in pixels])
+    inputs = np.stack([normalize(p, prep.mean, prep.std, prep.layout) for p in pixels])
     try:
         explanation = explainer(inputs)
     except VarrtError as error:
@@ -142,7 +144,7 @@ def _unpack(explanation: Explanation, sources: list[str], stems: list[str], pixe
             source=source, stem=stems[i], pixels=pixels[i], class_ids=class_ids[i],
             names=[name_of(int(c)) for c in class_ids[i]], probabilities=probabilities[i], logits=logits[i],
             top_name=name_of(int(np.argmax(probabilities[i]))), attributions=attributions[i],
-            var=None if var is None else var[i],
+            var=None if var is None else var[i], layout=explanation.layout,
         )
         outcomes.append(image)
     return outcomes
@@ -161,7 +163,8 @@ def result_row(outcome: Outcome, options: ExplainOptions) -> dict[str, Any]:
     if isinstance(outcome, Failed):
         return {"path": outcome.source, "stem": outcome.stem, "error": outcome.error}
     predicted = int(np.argmax(outcome.probabilities))
-    figures = audit.image_figures(outcome.attributions, outcome.var, options.temperature, options.var_scale)
+    figures = audit.image_figures(outcome.attributions, outcome.var, options.temperature, options.var_scale,
+                                  outcome.layout)
     return {
         "path": outcome.source,
         "stem": outcome.stem,

@@ -64,7 +64,7 @@ def _summary(run: Mapping[str, Any], count: int, errors: int) -> str:
         ("VAR", f"T={run.get('temperature')}, tau={run.get('tau')}, scale={run.get('var_scale')}"
          if run.get("var") else "off"),
         ("backend", run.get("backend")), ("images", count), ("errors", errors), ("saved", run.get("save")),
-        ("varrt", run.get("varrt_version")),
+        ("layout", run.get("layout")), ("varrt", run.get("varrt_version")),
     ]
     return "\n".join(f"<div><b>{_e(name)}</b> {_e(value)}</div>" for name, value in fields if value is not None)
 

@@ -17,8 +17,9 @@ from varrt.export.methods import METHOD_TABLE
 from varrt.export.steps import STEP_INPUTS
 
 
-def step_chunk_feeds(method: str, options: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-    """The extra feed of each run, in order; empty when the graph takes its steps all at once."""
+def step_chunk_feeds(method: str, options: dict[str, Any], first: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The extra feed of each run, in order; empty when the graph takes its steps all at once.
+    ``first``: the first run's number of steps, when it differs from ``step_batch``."""
     chunk = options.get("step_batch")
     kind = METHOD_TABLE[method].batching
     if chunk is None or kind is None:
@@ -31,4 +32,8 @@ def step_chunk_feeds(method: str, options: dict[str, Any]) -> list[dict[str, np.
     else:
         values = np.full(count, 1.0 / count, np.float32)
     name = STEP_INPUTS[kind]
-    return [{name: values[start:start + chunk]} for start in range(0, count, chunk)]
+    if first is not None and first < count and chunk < count:  # one run needs no split
+        bounds = [0, *range(first, count, chunk)]
+    else:
+        bounds = [*range(0, count, chunk)]
+    return [{name: values[start:stop]} for start, stop in zip(bounds, [*bounds[1:], count])]

@@ -59,6 +59,7 @@ EXPLANATION_FIELDS = {
     "var": Any | None,
     "method": str,
     "backend": str,
+    "layout": str,
 }
 
 # Keyword arguments README and the docstrings document, with their defaults; others may be added.
@@ -96,6 +97,7 @@ EXPLAIN_GRAPH_ARGUMENTS = {
     "var_scale": "none",
     "classes": None,
     "batch": None,
+    "mask_batch": None,
 }
 
 
@@ -156,6 +158,7 @@ def test_explanation_fields_are_typed_as_pinned():
     assert {field.name: field.default for field in fields if field.default is not dataclasses.MISSING} == {
         "method": "",
         "backend": "",
+        "layout": "nchw",
     }
 
 

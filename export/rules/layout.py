@@ -110,8 +110,9 @@ def gather(ctx: Context, node: ir.Node, g: ir.Value) -> list:
     if indices.ndim == 0:
         g = em.unsqueeze(g, [axis + 1])
     elif indices.ndim > 1:
-        dims = ctx.static_dims(node, node.outputs[0], range(ctx.rank(node.outputs[0])))
-        g = em.Reshape(g, em.ints([0] * (axis + 1) + [flat.size] + dims[axis + indices.ndim:]))
+        # the dims before the axis are copied (0), so only those after the indices must be static
+        after = ctx.static_dims(node, node.outputs[0], range(axis + indices.ndim, ctx.rank(node.outputs[0])))
+        g = em.Reshape(g, em.ints([0] * (axis + 1) + [flat.size] + after))
     if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
         # A contiguous run is a slice: pad it back.
         pads = [0] * (2 * (rank + 1))

@@ -118,7 +118,7 @@ def _check(ctx: Context, node: ir.Node) -> tuple[ir.Value, int, int, int]:
         raise ctx.fail(node, "layout=1 (batch first) is not supported; export with the sequence axis first")
     if node.attributes.get("clip") is not None:
         raise ctx.fail(node, "clip is not supported (the cell clipping changes the gradient)")
-    if op == "LSTM" and node.attributes.get_int("input_forget", 0):
+    if op == "LSTM" and node.attributes.get_int("input_forget", 0) != 0:
         raise ctx.fail(node, "input_forget=1 (coupled input and forget gates) is not supported")
     direction = node.attributes.get_string("direction", "forward")
     if direction not in ("forward", "reverse", "bidirectional"):
@@ -134,7 +134,10 @@ def _check(ctx: Context, node: ir.Node) -> tuple[ir.Value, int, int, int]:
             raise ctx.fail(node, "peepholes (input P) are not supported")
     if not node.outputs or not node.outputs[0].name:
         raise ctx.fail(node, "needs its output Y (every hidden state) to recompute the gates")
-    (steps,) = ctx.static_dims(node, x, [0])
+    steps = ctx.dims(x)[0]
+    if steps is None:
+        raise ctx.fail(node, f"needs a static sequence length (axis 0 of '{x.name}', shape {x.shape}): "
+                             "its backward is unrolled over the steps")
     if len(node.inputs) > 4 and node.inputs[4] is not None:
         lengths = ctx.const(node, 4)
         if lengths is None or np.any(lengths != steps):

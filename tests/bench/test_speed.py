@@ -92,3 +92,16 @@ def test_side_by_side_against_torch_runs():
     assert result["speedup"] <= max(result["speedup_per_round"]) * (1 + 1e-9)
     assert result["varrt"]["latency_ms"]["samples"] == result["latency_ms"]["samples"] == 2
     assert "speedup per round" in speed_reference.format_table(result)
+
+
+def test_side_by_side_lines_give_each_round_and_the_floor():
+    report = {"results": [
+        {"flow": "onnxruntime-cpu", "method": "integrated_gradients"},
+        {"flow": speed.REFERENCE_FLOW, "method": "integrated_gradients", "speedup_per_round": [2.0, 3.5],
+         "floor": {"flow": "floor: 33 x gradient graph"}, "varrt_over_floor_per_round": [1.25, 1.0]},
+        {"flow": speed.REFERENCE_FLOW, "method": "gradient"},  # timed alone: no line
+    ]}
+    assert speed.side_by_side(report) == [
+        "integrated_gradients: torch+captum / varrt per round (alternating): 2.00x, 3.50x; "
+        "varrt / floor: 33 x gradient graph per round: 1.25x, 1.00x"
+    ]

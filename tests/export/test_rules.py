@@ -455,6 +455,15 @@ def test_rules_refuse_what_they_cannot_do_exactly(case: Case, why: str):
         vjp_model(model)
 
 
+def test_recurrent_rules_refuse_a_dynamic_sequence_length():
+    x = oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["T", 2, 3])
+    weights = [onnx.numpy_helper.from_array(np.ones((1, 12, n), np.float32), name) for name, n in (("w", 3), ("r", 3))]
+    node = oh.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=3)
+    graph = oh.make_graph([node], "lstm", [x], [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], weights)
+    with pytest.raises(ModelError, match="static sequence length"):
+        vjp_model(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+
+
 def _rectifies(case: Case) -> bool:
     """Guided backprop's definition: ReLU-like units pass only positive cotangents; Clip is one
     when its lower bound is 0 (ReLU6), not as a plain saturation."""

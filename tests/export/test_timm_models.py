@@ -7,8 +7,8 @@ and go on with attention (learned biases gathered by constant indices), BatchNor
 or pooling and LayerNorm blocks (EfficientFormer). Both exporters; the model's dynamic batch with
 N=2, K=2 and N=1, K=1; and the batch fixed to 1 (the CPU Explainer's graphs).
 
-timm imports torchvision when it is imported, although these two models never call it; where
-torchvision cannot load, it is imported against a stand-in (torchvision_stand_in.py).
+timm is imported beside a stand-in torchvision where the real one cannot load
+(varrt.bench.zoo.torchvision_stand_in, shared with the zoo sweep).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if importlib.util.find_spec("timm") is None:
     pytest.skip("timm is not installed (the test extra pins it: pip install -e '.[test]')", allow_module_level=True)
 
 import torch_models as tm  # noqa: E402
-from torchvision_stand_in import import_without_torchvision  # noqa: E402
+from varrt.bench.zoo.torchvision_stand_in import import_timm  # noqa: E402
 from varrt.export import explain_graph  # noqa: E402
 
 INPUT = (3, 224, 224)
@@ -36,7 +36,7 @@ REL_TOL = 1e-4
 MODELS = ["levit_128s", "efficientformer_l1"]
 
 
-timm = import_without_torchvision("timm")
+timm = import_timm()
 
 
 # ----------------------------------------------------------------------------------- the models

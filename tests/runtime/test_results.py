@@ -79,7 +79,8 @@ def test_save_var_keeps_channel_summed_float16_maps_and_summary_only_the_table(s
     for photo in photos:
         ids, probabilities, logits, _, var, _ = expected_row(photo, model)
         with np.load(tmp_path / "var" / f"{photo.stem}.npz") as saved:
-            assert set(saved.files) == {"class_ids", "class_names", "probabilities", "logits", "var"}
+            assert set(saved.files) == {"class_ids", "class_names", "probabilities", "logits", "var", "layout"}
+            assert str(saved["layout"]) == "nchw"
             assert saved["var"].dtype == np.float16 and saved["var"].shape == (len(ids), *SHAPE[1:])
             np.testing.assert_allclose(saved["var"], var.sum(axis=1), rtol=2e-3, atol=1e-3)
             np.testing.assert_array_equal(saved["class_ids"], ids)

@@ -70,3 +70,15 @@ def test_step_batch_refusals(cnn_path, tmp_path):
         explain_graph(cnn_path, "integrated_gradients", step_batch=0)
     with pytest.raises(UsageError, match="VAR cannot be computed inside the graph"):
         Explainer(cnn_path, method="smoothgrad", step_batch=2, var_in_graph=True, cache_dir=tmp_path)
+
+
+def test_cli_export_with_step_batch(cnn_path, tmp_path):
+    result = testbed.run_varrt("export", cnn_path, "-m", "integrated_gradients", "--step-batch", "4", "-o", "ig.onnx",
+                               cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [i.name for i in onnx.load(tmp_path / "ig.onnx").graph.input] == ["x", "alphas", "class_ids"]
+    refused = testbed.run_varrt("export", cnn_path, "-m", "gradcam", "--step-batch", "4", "-o", "cam.onnx",
+                                cwd=tmp_path)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "--step-batch is for methods that batch steps or samples, not gradcam" in refused.stderr
+    assert not (tmp_path / "cam.onnx").exists()

@@ -1,11 +1,12 @@
-"""Importing packages that import torchvision (timm, pytorch-grad-cam) where torchvision cannot load.
+"""Importing timm where torchvision cannot load.
 
-timm and pytorch-grad-cam import torchvision when they are imported (timm: FrozenBatchNorm2d in
-timm.layers, transforms in timm.data; pytorch-grad-cam: transforms in utils.image, model targets),
-although the parts the tests use never call it. PyPI's torchvision wheels are CUDA builds that cannot
-load beside the CPU torch ("operator torchvision::nms does not exist"), so where torchvision fails to
-import, the package is imported against a stand-in module whose attributes raise if anything calls
-them; the stand-in is removed again once the package is imported.
+timm imports torchvision when it is imported (FrozenBatchNorm2d in timm.layers, transforms in
+timm.data), every release does, although its classifiers never call it. PyPI's torchvision wheels
+are CUDA builds that cannot load beside the CPU torch ("operator torchvision::nms does not exist"),
+so where torchvision fails to import, timm is imported against a stand-in module whose attributes
+raise if anything calls them; the stand-in is removed again once timm is imported.
+
+Shared by the zoo sweep (varrt.bench.zoo.torch_zoo) and tests/export/test_timm_models.py.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def _forget_torchvision() -> None:
 
 
 @contextmanager
-def _torchvision_stand_in() -> Iterator[None]:
+def torchvision_stand_in() -> Iterator[None]:
+    """While inside, ``import torchvision`` (and any submodule) gives the stand-in."""
     finder = _StandInFinder()
     _forget_torchvision()  # what a failed import of the real one left behind
     sys.meta_path.insert(0, finder)
@@ -76,9 +78,15 @@ def _torchvision_stand_in() -> Iterator[None]:
 
 
 def import_without_torchvision(name: str) -> types.ModuleType:
+    """Module ``name`` (timm, pytorch_grad_cam), imported beside the real torchvision where that
+    loads, else beside the stand-in."""
     try:
-        import torchvision  # noqa: F401
+        importlib.import_module("torchvision")
     except Exception:  # RuntimeError for PyPI's CUDA build beside the CPU torch, ImportError if absent
-        with _torchvision_stand_in():
+        with torchvision_stand_in():
             return importlib.import_module(name)
     return importlib.import_module(name)
+
+
+def import_timm() -> types.ModuleType:
+    return import_without_torchvision("timm")
