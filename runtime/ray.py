@@ -123,7 +123,8 @@ def explain_dataset(
     options = _options(explainer_options)
     if options.method not in METHODS:  # here, not as a failed actor's traceback
         raise UsageError(f"unknown method {options.method!r}: use one of {', '.join(METHODS)}")
-    prep = preprocessing if preprocessing is not None else preprocessing_for(proto)
+    prep = preprocessing if preprocessing is not None else preprocessing_for(
+        proto, layout=options.method_options.get("layout"))
     chosen = pipeline.model_labels(proto) if labels is None else list(labels)
     name = str(model) if not isinstance(model, onnx.ModelProto) else None
     return dataset.map_batches(
@@ -232,6 +233,7 @@ def explain_paths(
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True  # rows in the order of the images
         context.enable_progress_bars = False  # varrt's own bar counts the rows
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # its plan and progress lines: the bar says it
         items = [{"path": source, "stem": stem} for source, stem in zip(sources, stems)]
         dataset = explain_dataset(
             ray.data.from_items(items), model, actors=settings.actors, cpus_per_actor=cpus,
@@ -245,15 +247,16 @@ def explain_paths(
         raise
     where = f"Ray at {settings.address}" if settings.address else "a local Ray"
     running = f"{options.backend} on {where}, {settings.actors} actor{'s' if settings.actors > 1 else ''} x {cpus} CPU"
-    return running, _rows(ray, dataset, maps, started)
+    return running, _rows(ray, dataset, maps, started, prep.layout)
 
 
-def _rows(ray: Any, dataset: Any, maps: bool, started: bool) -> Iterator[tuple[dict[str, Any], Any]]:
+def _rows(ray: Any, dataset: Any, maps: bool, started: bool, layout: str
+          ) -> Iterator[tuple[dict[str, Any], Any]]:
     names = SCHEMA.names
     try:
         for row in dataset.iter_rows():
             plain = {name: _plain(row[name]) for name in names}
-            yield plain, _explained(row, plain) if maps and plain["error"] is None else None
+            yield plain, _explained(row, plain, layout) if maps and plain["error"] is None else None
     except Exception as error:
         if isinstance(error, VarrtError):
             raise
@@ -269,15 +272,16 @@ def _plain(value: Any) -> Any:
     return value.tolist() if isinstance(value, np.ndarray) else value
 
 
-def _explained(row: Mapping[str, Any], plain: Mapping[str, Any]) -> pipeline.Explained:
-    """An image's explanation rebuilt from its row's map columns (for its .npz and .png)."""
+def _explained(row: Mapping[str, Any], plain: Mapping[str, Any], layout: str) -> pipeline.Explained:
+    """An image's explanation rebuilt from its row's map columns (for its .npz and .png); ``layout``:
+    the model input's, the preprocessing's as the actors' Explainers resolve it."""
     var = np.asarray(row["var"])
     return pipeline.Explained(
         source=plain["path"], stem=plain["stem"], pixels=np.asarray(row["pixels"]),
         class_ids=np.asarray(plain["class_ids"], np.int64), names=list(plain["class_names"]),
         probabilities=np.asarray(row["all_probabilities"]), logits=np.asarray(row["all_logits"]),
         top_name=plain["predicted_name"], attributions=np.asarray(row["attributions"]),
-        var=var if var.size else None,
+        var=var if var.size else None, layout=layout,
     )
 
 
