@@ -10,6 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from varrt.export import METHODS, explain_graph
+from varrt.export.methods import METHOD_TABLE
 from varrt.export.tensorrt_support import SUPPORTED, UNSUPPORTED, tensorrt_problems
 
 FAST_OPTIONS = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 4}}
@@ -237,7 +238,8 @@ def _explain_all(model: onnx.ModelProto, label: str, x: np.ndarray) -> None:
             failures.append(f"{label} / {method}:\n  " + "\n  ".join(problems))
             continue
         out = _torch_models().run_explanation(graph, x, ids, input_name=model.graph.input[0].name)
-        spatial = x.shape[2:] if method == "gradcam" else x.shape[1:]
+        cam = METHOD_TABLE[method].cam and not METHOD_TABLE[method].modified  # [N, K, H, W]
+        spatial = x.shape[2:] if cam else x.shape[1:]
         assert out["attributions"].shape == (n, k, *spatial), (label, method, out["attributions"].shape)
         assert np.isfinite(out["attributions"]).all(), (label, method)
     assert not failures, "\n".join(failures)
