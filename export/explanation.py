@@ -48,7 +48,7 @@ def explain_graph(
     The result has the model's own image input plus ``class_ids`` int64 [N, K] (or, with
     ``classes="top4+min"`` / ``"topK"``, no such input and a ``class_ids`` output chosen in the
     graph from its own logits), and the outputs ``logits`` [N, num_classes] (pre-softmax),
-    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for ``gradcam``) and, with
+    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for the CAMs) and, with
     ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
     standard ONNX ops are emitted.
 
@@ -60,6 +60,8 @@ def explain_graph(
     ``input_shape`` fixes the image input's dimensions, e.g. ``(1, 3, 224, 224)``; a dimension given
     by name (``("N", 3, 224, 224)``) stays as the model has it. Models with dynamic height and width
     need it.
+    ``layer`` names the CAMs' feature map (export/cams.py); ``mask_batch`` bounds scorecam's masked
+    copies per image and forward (default 32; 1 where the batch axis is fixed).
     ``target`` picks the graph passes run after the backward (export/passes/): "portable" (none:
     for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
     with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX

@@ -359,3 +359,13 @@ def test_cli_export_mask_batch(cnn: tuple[nn.Module, onnx.ModelProto], tmp_path,
     assert cli.main(["export", str(model), "-o", str(refused), "-m", "layercam", "--mask-batch", "5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--mask-batch applies to scorecam only" in err and not refused.exists()
+
+
+def test_bench_layer_reaches_every_cam() -> None:
+    """`varrt bench ... --layer L` hands L to every CAM method's Explainer, and only to those."""
+    import argparse
+
+    from varrt.bench import cli as bench_cli
+
+    options = bench_cli._method_options(argparse.Namespace(ig_steps=None, samples=None, layer="L"))
+    assert options == {m: {"layer": "L"} for m in ("gradcam", "guided_gradcam", *CAMS)}
