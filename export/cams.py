@@ -226,7 +226,26 @@ def feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str |
     candidates = [v for v in candidates if v in upstream]
     if not candidates:
         raise ModelError("no spatial feature map [N, C, H, W] with H*W > 1 leads to the logits: pass --layer")
-    return candidates[-1]
+    chosen = candidates[-1]
+    tokens = _first_tokens(graph, image, upstream)
+    if tokens is not None and chosen in _descendants(tokens):
+        # after the image became tokens, a 4-D value is attention's (heads, queries, keys), not a map
+        raise UsageError(f"the model turns the image into tokens ('{tokens.name}', shape {tokens.shape}), so the "
+                         "last 4-D value need not be a spatial map: pass --layer (e.g. the last block's first "
+                         "LayerNorm output)")
+    return chosen
+
+
+def _first_tokens(graph: ir.Graph, image: ir.Value, upstream: set[ir.Value]) -> ir.Value | None:
+    """The first value [N, T, C] on the way to the logits whose T is h*w or 1 + h*w of a patch grid."""
+    height, width = _image_size(image)
+    for node in graph:
+        for v in node.outputs:
+            dims = list(v.shape or [])
+            if v in upstream and len(dims) == 3 and isinstance(dims[1], int) and isinstance(dims[2], int) and any(
+                    _patch_grid(dims[1] - p, height, width) for p in (0, 1)):
+                return v
+    return None
 
 
 def _grid_transform(em: Emitter, value: ir.Value, height: int,

@@ -284,6 +284,16 @@ def test_vit_class_token(method: str, vit: tuple[nn.Module, onnx.ModelProto]) ->
     compare(graph, x, ids, expected, f"vit {method}")
 
 
+def test_token_models_need_a_layer(vit: tuple[nn.Module, onnx.ModelProto]) -> None:
+    """Without --layer the last 4-D value of a ViT is attention's (here q/k/v heads [N, 17, 2, 16]),
+    not a spatial map: refused with one line rather than explained."""
+    from varrt.core.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"turns the image into tokens .* pass --layer") as info:
+        explain_graph(vit[1], method="gradcam")
+    assert "\n" not in str(info.value)
+
+
 def test_tokens_without_a_grid_are_refused(timm) -> None:  # noqa: ANN001
     """A register token besides the class token: 18 tokens are neither h*w nor 1 + h*w."""
     from timm.models.vision_transformer import VisionTransformer
