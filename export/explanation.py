@@ -62,7 +62,7 @@ def explain_graph(
     The result has the model's own image input plus ``class_ids`` int64 [N, K] (or, with
     ``classes="top4+min"`` / ``"topK"``, no such input and a ``class_ids`` output chosen in the
     graph from its own logits), and the outputs ``logits`` [N, num_classes] (pre-softmax),
-    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for ``gradcam``, whatever the image's
+    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for the CAMs and ``rise``, whatever the image's
     layout) and, with
     ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
     standard ONNX ops are emitted.
@@ -87,6 +87,8 @@ def explain_graph(
     batch; with ``step_batch`` the graph instead takes the points of one run as an extra input
     (``alphas`` or ``sample_weights``, export/steps.py), so a caller can bound memory by running
     ``step_batch`` of them at a time and adding the runs' attributions (the Explainer does).
+    ``layer`` names the CAMs' feature map (export/cams.py); ``mask_batch`` bounds scorecam's masked
+    copies per image and forward (default 32; 1 where the batch axis is fixed).
     ``target`` picks the graph passes run after the backward (export/passes/): "portable" (none:
     for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
     with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX
