@@ -286,3 +286,28 @@ def test_lrp_options_are_checked() -> None:
         explain_graph(proto, method="lrp", lrp_rule="alpha")
     with pytest.raises(UsageError, match="--epsilon must be > 0"):
         explain_graph(proto, method="lrp", epsilon=0.0)
+
+
+# ------------------------------------------------------------------------------------------ targets
+@pytest.mark.parametrize(("net", "method", "options"), [
+    ("rectifiers", "deeplift", {}), ("lrp", "lrp", {"batch": 1}), ("lrp", "lrp", {"batch": 1, "lrp_rule": "zplus"}),
+])  # fmt: skip
+def test_onnxruntime_cpu_passes_keep_the_graphs(net: str, method: str, options: dict) -> None:
+    """The CPU target's passes (stride phases, sunk reshapes, bias-form masks at batch 1), one by
+    one, leave the deeplift and lrp graphs' outputs as they were (test_passes.py's check)."""
+    from test_passes import _check_each_pass
+
+    _, proto = _build(RECTIFIERS[0] if net == "rectifiers" else LrpCNN, 15)
+    n = options.get("batch", 2)
+    x, ids = tm.random_inputs(tm.TOY_INPUT, n=n, k=2, seed=26)
+    graph = explain_graph(proto, method=method, **options)
+    assert _check_each_pass(graph, {"input": x, "class_ids": ids})  # some pass applied
+
+
+
+@pytest.mark.parametrize("method", ["deeplift", "integrated_gradients", "smoothgrad"])
+def test_graphs_that_batch_the_image_are_topologically_sorted(method: str) -> None:
+    """The batching nodes are emitted after the forward that reads them; the graph is sorted before
+    it is written (ONNX's checker and TensorRT's parser want producers first)."""
+    _, proto = _build(RECTIFIERS[0], 15)
+    onnx.checker.check_model(explain_graph(proto, method=method, steps=2, samples=2), full_check=True)
