@@ -257,6 +257,23 @@ def test_lrp_mlp_in_float64(rule: str) -> None:
     _compare_float64(graph, x, ids, expected, f"mlp lrp {rule} float64")
 
 
+@pytest.mark.parametrize("name", ["resnet", "vgg", "densenet"])
+def test_lrp_epsilon_is_input_x_gradient_on_piecewise_linear_nets(name: str) -> None:
+    """With a vanishing epsilon, LRP on a net of ReLUs, max pools and affine maps is input x gradient
+    (Kindermans et al. 2016; Ancona et al. 2018): the relevance of every value v is v * df/dv, since
+    R_z / z is the gradient at each layer's output. The toy ResNet (residual Adds), VGG (MaxPool) and
+    DenseNet (Concat, standalone BatchNormalization, AveragePool) exercise every family LRP uses."""
+    proto = tm.export_torchscript(tm.TOY_MODELS[name](), tm.TOY_INPUT)
+    x, ids = tm.random_inputs(tm.TOY_INPUT, n=2, k=3, seed=27)
+    # epsilon 1e-20, not the default 1e-9: some of DenseNet's z are ~1e-5, where 1e-9 shows (1.1e-4)
+    lrp = tm.run_explanation(explain_graph(proto, method="lrp", epsilon=1e-20), x, ids)["attributions"]
+    ixg = tm.run_explanation(explain_graph(proto, method="input_x_gradient"), x, ids)["attributions"]
+    err = tm.rel_errors(lrp, ixg).max()
+    tm.record("modified backwards vs Captum: max relative error", f"{name} lrp-0 vs input x gradient", "identity",
+              err)  # fmt: skip
+    assert err < REL_TOL
+
+
 @pytest.mark.slow
 def test_lrp_efficientnet_is_refused_by_captum_and_explained_by_varrt(effnet: nn.Module,
                                                                       effnet_onnx: onnx.ModelProto) -> None:
