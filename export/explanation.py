@@ -389,6 +389,9 @@ def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict, k: int
         graph.outputs.append(value)
     ir_passes.RemoveUnusedNodesPass()(clf.model)
     optimize(clf.model, options["target"])
+    # Methods that batch the image emit its batching after the forward that reads it; ONNX (and
+    # TensorRT's parser) want producers first.
+    ir_passes.TopologicalSortPass()(clf.model)
     ir_passes.NameFixPass()(clf.model)
     proto = ir.serde.serialize_model(clf.model)
     # The lowest IR version the opsets allow: runtimes lag behind onnx's newest IR version.
