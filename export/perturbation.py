@@ -280,10 +280,22 @@ class _MaskLoop:
         return em.reduce_sum(em.Mul(em.unsqueeze(logits, [rank - 1]), one_hot), [rank], keepdims=False)
 
     def _clone_forward(self, bem: Emitter, images: ir.Value) -> ir.Value:
-        """The model's forward from ``images`` (a value of the body) to its logits, in the body;
-        values it does not compute (weights, image-independent nodes) are read from the outer graph."""
+        """The model's forward from ``images`` (a value of the body) to its logits, in the body.
+
+        The model's weights become the body's own initializers (written twice in the file): ONNX
+        Runtime optimises a subgraph's convolutions (blocked layout, fused activations) only with
+        weights of that subgraph, and read from the outer graph the Loop ran 2.7x slower on
+        EfficientNet-Lite0 (49 copies: 9.0-14.1 s against 3.4-4.9 s, alternating rounds; the graph
+        file grows from 18.9 to 37.5 MB). Other values it does not compute (image-independent
+        nodes) are read from the outer graph."""
         copies: dict[ir.Value, ir.Value] = {self.image: images}
         for node in self.forward:
+            for value in node.inputs:
+                if value is not None and value not in copies and _is_weight(value):
+                    name = f"{value.name}_chunk"  # a tensor of its own: sharing one would rename the model's
+                    tensor = ir.tensor(value.const_value.numpy(), name=name)  # type: ignore[union-attr]
+                    copies[value] = own = ir.Value(name=name, type=value.type, shape=value.shape, const_value=tensor)
+                    bem.graph.register_initializer(own)
             inputs = [copies.get(v, v) if v is not None else None for v in node.inputs]
             copy = ir.Node(node.domain, node.op_type, inputs, list(node.attributes.values()),
                            num_outputs=len(node.outputs), version=node.version,
@@ -319,6 +331,11 @@ class _MaskLoop:
         trips = em.const(np.array(padded // self.chunk, np.int64))
         keep_going = em.const(np.array(True))
         return em.op("Loop", trips, keep_going, start, body=inner)
+
+
+def _is_weight(value: ir.Value) -> bool:
+    # an initializer that is also a graph input may be fed at run time: read it from outside
+    return value.is_initializer() and value.const_value is not None and not value.is_graph_input()
 
 
 def _forward_nodes(graph: ir.Graph, image: ir.Value, logits: ir.Value) -> list[ir.Node]:
