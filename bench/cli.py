@@ -22,6 +22,7 @@ from varrt import data, images
 from varrt.bench import gpg, grids, insertion_deletion, plots, sanity, scale, speed
 from varrt.core import defaults
 from varrt.core.errors import UsageError, VarrtError
+from varrt.export.methods import METHOD_TABLE
 from varrt.export.model_loading import read_model
 
 DEFAULT_OUT = "varrt-bench"
@@ -203,7 +204,7 @@ def _method_option_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layer",
         default=None,
-        help="gradcam / guided_gradcam: feature map (tensor name; default: the exporter's choice)",
+        help="CAM methods: feature map (tensor name; default: the exporter's choice)",
     )
     parser.add_argument("--window", type=int, default=None, help="occlusion: window side (default: the exporter's)")
     parser.add_argument("--stride", type=int, default=None, help="occlusion: window step (default: the exporter's)")
@@ -228,7 +229,7 @@ def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.samples is not None:
         options["smoothgrad"] = options["gradient_shap"] = {"samples": args.samples}
     if args.layer is not None:
-        for method in ("gradcam", "guided_gradcam"):
+        for method in (name for name, spec in METHOD_TABLE.items() if spec.cam):
             options[method] = {"layer": args.layer}
     perturbation = {"occlusion": {"window": args.window, "stride": args.stride, "chunk": args.chunk},
                     "rise": {"samples": args.masks, "chunk": args.chunk}}

@@ -115,18 +115,35 @@ def _scorecam_weights(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.
                          f"copy per image: leave --mask-batch out (or pass 1), or export the model with a dynamic "
                          "batch axis")
     channels, h, w = grid
-    height, width = _image_size(image, layout)
     chunks = math.ceil(channels / mask_batch)
     padded = em.pad(feature, [0, 0, 0, 0, 0, chunks * mask_batch - channels, 0, 0])
 
-    body = ir.Graph([], [], nodes=[], name="scorecam_chunk")
-    step = ir.Value(name="scorecam_chunk_index", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
-    keep_going = ir.Value(name="scorecam_cond_in", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
+    body, carried = _chunk_body(em, graph, image, logits, num_classes, padded, (h, w), mask_batch, layout)
+    trips = em.const(np.array(chunks, np.int64))
+    true = em.const(np.array(True))
+    stacked = em.op_multi("Loop", [trips, true, *carried], len(carried) + 1, body=body)[-1]  # [chunks, N, B, classes]
+    per_image = em.Reshape(em.Transpose(stacked, perm=[1, 0, 2, 3]), em.ints([0, chunks * mask_batch, -1]))
+    per_channel = em.slice(per_image, [0], [channels], [1])  # [N, C, classes]
+    # The K classes' scores by a MatMul with the one-hot seed: exact (each sum has one nonzero term).
+    class_scores = em.MatMul(per_channel, em.Transpose(seed, perm=[1, 2, 0]))  # [N, C, K]
+    softmax = em.Softmax(em.Transpose(class_scores, perm=[2, 0, 1]), axis=-1)  # [K, N, C]
+    return em.unsqueeze(softmax, [3, 4])
+
+
+def _chunk_body(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.Value, num_classes: int,
+                padded: ir.Value, grid: tuple[int, int], mask_batch: int,
+                layout: str) -> tuple[ir.Graph, list[ir.Value]]:
+    """The Loop body: chunk i of the feature map's channels as masks, the image masked by each, the
+    model's logits for them [N, B, classes]; and the loop-carried initial values it needs."""
+    height, width = _image_size(image, layout)
+    body = ir.Graph([], [], nodes=[], name="varrt_scorecam_chunk")
+    step = ir.Value(name="varrt_scorecam_chunk_index", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
+    keep_going = ir.Value(name="varrt_scorecam_cond_in", type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
     body.inputs.extend([step, keep_going])
     inner = Emitter(body, em.opset, prefix="varrt_scorecam")
     picks = inner.Add(inner.Mul(step, em.const(np.array(mask_batch, np.int64))),
                       em.const(np.arange(mask_batch, dtype=np.int64)))
-    maps = _upsample(inner, inner.Gather(padded, picks, axis=1), (h, w), (height, width), "align_corners")
+    maps = _upsample(inner, inner.Gather(padded, picks, axis=1), grid, (height, width), "align_corners")
     low = inner.reduce("ReduceMin", maps, [2, 3])
     span = inner.Add(inner.Sub(inner.reduce("ReduceMax", maps, [2, 3]), low), em.scalar(1e-8, like=image))
     masks = inner.Div(inner.Sub(maps, low), span)  # [N, B, H, W]
@@ -138,7 +155,16 @@ def _scorecam_weights(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.
     chunk_scores = inner.Reshape(scores, em.ints([-1, mask_batch, num_classes]))
     done = inner.Identity(keep_going)
     done.type, chunk_scores.type = keep_going.type, image.type
-    body.outputs.extend([done, chunk_scores])
+    body.outputs.append(done)
+    carried = []
+    if em.opset < 11:  # Loop-1 needs a loop-carried value: an unused scalar
+        unused = ir.Value(name="varrt_scorecam_unused_in", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([]))
+        body.inputs.append(unused)
+        out = inner.Identity(unused)
+        out.type = unused.type
+        body.outputs.append(out)
+        carried.append(em.const(np.array(0, np.int64)))
+    body.outputs.append(chunk_scores)
     for name, value in list(body.initializers.items()):  # constants live in the outer graph (TensorRT)
         body.initializers.pop(name)
         graph.register_initializer(value)
@@ -146,16 +172,7 @@ def _scorecam_weights(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.
         node.name = f"varrt_scorecam_node_{i}"
         for j, value in enumerate(node.outputs):
             value.name = f"varrt_scorecam_{i}_{j}"
-
-    trips = em.const(np.array(chunks, np.int64))
-    true = em.const(np.array(True))
-    stacked = em.op("Loop", trips, true, body=body)  # [chunks, N, B, classes]
-    per_image = em.Reshape(em.Transpose(stacked, perm=[1, 0, 2, 3]), em.ints([0, chunks * mask_batch, -1]))
-    per_channel = em.slice(per_image, [0], [channels], [1])  # [N, C, classes]
-    # The K classes' scores by a MatMul with the one-hot seed: exact (each sum has one nonzero term).
-    class_scores = em.MatMul(per_channel, em.Transpose(seed, perm=[1, 2, 0]))  # [N, C, K]
-    softmax = em.Softmax(em.Transpose(class_scores, perm=[2, 0, 1]), axis=-1)  # [K, N, C]
-    return em.unsqueeze(softmax, [3, 4])
+    return body, carried
 
 
 def _copy_forward(em: Emitter, graph: ir.Graph, image: ir.Value, logits: ir.Value, batch: ir.Value) -> ir.Value:
@@ -222,7 +239,26 @@ def feature_map(graph: ir.Graph, image: ir.Value, logits: ir.Value, layer: str |
     candidates = [(v, found) for v, found in candidates if v in upstream]
     if not candidates:
         raise ModelError("no spatial feature map [N, C, H, W] with H*W > 1 leads to the logits: pass --layer")
-    return candidates[-1]
+    chosen, found = candidates[-1]
+    tokens = _first_tokens(graph, image, upstream, layout)
+    if tokens is not None and chosen in _descendants(tokens):
+        # after the image became tokens, a 4-D value is attention's (heads, queries, keys), not a map
+        raise UsageError(f"the model turns the image into tokens ('{tokens.name}', shape {tokens.shape}), so the "
+                         "last 4-D value need not be a spatial map: pass --layer (e.g. the last block's first "
+                         "LayerNorm output)")
+    return chosen, found
+
+
+def _first_tokens(graph: ir.Graph, image: ir.Value, upstream: set[ir.Value], layout: str) -> ir.Value | None:
+    """The first value [N, T, C] on the way to the logits whose T is h*w or 1 + h*w of a patch grid."""
+    height, width = _image_size(image, layout)
+    for node in graph:
+        for v in node.outputs:
+            dims = list(v.shape or [])
+            if v in upstream and len(dims) == 3 and isinstance(dims[1], int) and isinstance(dims[2], int) and any(
+                    _patch_grid(dims[1] - p, height, width) for p in (0, 1)):
+                return v
+    return None
 
 
 def _followed(letters: str | None) -> str | None:

@@ -17,7 +17,7 @@ from varrt.core.version import __version__
 from varrt.export.autodiff import backward
 from varrt.export.cams import class_activation_map
 from varrt.export.emitter import Emitter
-from varrt.export.methods import METHOD_TABLE, METHODS, Method
+from varrt.export.methods import METHOD_TABLE, METHODS, Method, default_samples
 from varrt.export.model_loading import Classifier, InputShape, format_input_shape, load_classifier, read_model
 from varrt.export.passes import TARGETS, optimize
 from varrt.export.perturbation import PerturbationOptions, perturbation_map
@@ -62,7 +62,7 @@ def explain_graph(
     The result has the model's own image input plus ``class_ids`` int64 [N, K] (or, with
     ``classes="top4+min"`` / ``"topK"``, no such input and a ``class_ids`` output chosen in the
     graph from its own logits), and the outputs ``logits`` [N, num_classes] (pre-softmax),
-    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for ``gradcam``, whatever the image's
+    ``attributions`` [N, K, *image.shape[1:]] ([N, K, H, W] for the CAMs and ``rise``, whatever the image's
     layout) and, with
     ``var=True``, ``var_attributions`` (``var_scale`` as in ``varrt.kernels.var_maps``). Only
     standard ONNX ops are emitted.
@@ -87,6 +87,8 @@ def explain_graph(
     batch; with ``step_batch`` the graph instead takes the points of one run as an extra input
     (``alphas`` or ``sample_weights``, export/steps.py), so a caller can bound memory by running
     ``step_batch`` of them at a time and adding the runs' attributions (the Explainer does).
+    ``layer`` names the CAMs' feature map (export/cams.py); ``mask_batch`` bounds scorecam's masked
+    copies per image and forward (default 32; 1 where the batch axis is fixed).
     ``target`` picks the graph passes run after the backward (export/passes/): "portable" (none:
     for TensorRT, CUDA or any runtime) or "onnxruntime-cpu" (stride phases, sunk reshapes and,
     with a batch of 1, guided-backprop masks in a bias form: the graph to deploy on ONNX
@@ -103,7 +105,7 @@ def explain_graph(
     """
     spec = _checked_method(method, target, batch)
     _check_mask_batch(method, mask_batch)
-    samples = samples if samples is not None else 2000 if method == "rise" else 16
+    samples = samples if samples is not None else default_samples(method)
     _check_step_batch(method, spec, step_batch)
     _check_options(steps=steps, samples=samples, noise=noise, temperature=temperature)
     settings = _lrp_settings(lrp_rule, epsilon, gamma) if spec.modified == "lrp" else {}
@@ -387,6 +389,9 @@ def _finish(clf: Classifier, outputs: dict[str, ir.Value], options: dict, k: int
         graph.outputs.append(value)
     ir_passes.RemoveUnusedNodesPass()(clf.model)
     optimize(clf.model, options["target"])
+    # Methods that batch the image emit its batching after the forward that reads it; ONNX (and
+    # TensorRT's parser) want producers first.
+    ir_passes.TopologicalSortPass()(clf.model)
     ir_passes.NameFixPass()(clf.model)
     proto = ir.serde.serialize_model(clf.model)
     # The lowest IR version the opsets allow: runtimes lag behind onnx's newest IR version.

@@ -60,3 +60,9 @@ METHOD_TABLE: dict[str, Method] = {
 }
 
 METHODS: tuple[str, ...] = tuple(METHOD_TABLE)
+
+
+def default_samples(method: str) -> int:
+    """``samples`` when not given: RISE's masks (Petsiuk et al. use thousands), else SmoothGrad's
+    and GradientSHAP's noisy copies."""
+    return 2000 if method == "rise" else 16

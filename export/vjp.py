@@ -3,11 +3,15 @@
 ``vjp_model(model)`` returns a graph with the model's inputs, one extra input
 ``cotangent_<output>`` of shape [K, *output.shape] per float output, and outputs ``grad_<input>``
 [K, *input.shape] for each float input: K vector-Jacobian products in one run, with the graph
-passes of ``target`` applied. The rule tests check every rule through it against finite
+passes of ``target`` applied; ``modified_backward`` and its ``settings`` as in
+``varrt.export.autodiff.backward``. The rule tests check every rule through it against finite
 differences, for every target.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -19,7 +23,7 @@ from varrt.export.passes import optimize
 
 
 def vjp_model(proto: onnx.ModelProto, *, modified_backward: str | None = None,
-              target: str = "portable") -> onnx.ModelProto:
+              settings: Mapping[str, Any] | None = None, target: str = "portable") -> onnx.ModelProto:
     model = ir.serde.deserialize_model(proto)
     ir_passes.RemoveInitializersFromInputsPass()(model)
     fold_constants(model.graph)
@@ -36,7 +40,7 @@ def vjp_model(proto: onnx.ModelProto, *, modified_backward: str | None = None,
         cot = ir.Value(name=f"cotangent_{out.name}", type=out.type, shape=ir.Shape(["K", *(out.shape or [])]))
         graph.inputs.append(cot)
         seeds[out] = cot
-    grads = backward(em, seeds, wrt, modified_backward=modified_backward)
+    grads = backward(em, seeds, wrt, modified_backward=modified_backward, settings=settings)
     for value, grad in zip(wrt, grads):
         grad = em.Identity(grad)
         grad.name, grad.type = f"grad_{value.name}", value.type

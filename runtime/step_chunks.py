@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 from varrt.export import explain_graph
-from varrt.export.methods import METHOD_TABLE
+from varrt.export.methods import METHOD_TABLE, default_samples
 from varrt.export.steps import STEP_INPUTS
 
 
@@ -24,9 +24,13 @@ def step_chunk_feeds(method: str, options: dict[str, Any], first: int | None = N
     kind = METHOD_TABLE[method].batching
     if chunk is None or kind is None:
         return []
-    defaults = inspect.signature(explain_graph).parameters
     key = "steps" if kind == "interpolate" else "samples"
-    count = int(options.get(key, defaults[key].default))
+    given = options.get(key)
+    if given is not None:
+        count = int(given)
+    else:
+        steps = inspect.signature(explain_graph).parameters["steps"].default
+        count = steps if key == "steps" else default_samples(method)
     if kind == "interpolate":
         values = (np.arange(1, count + 1) / count).astype(np.float32)  # as the graph's own alphas
     else:

@@ -49,6 +49,8 @@ README_NAMES = {
     "varrt.kernels.var_maps",
     "varrt.bench.speed_reference",
     "varrt.ray.explain_dataset",
+    "varrt.core.layout",
+    "varrt.bench.zoo",
 }
 
 EXPLANATION_FIELDS = {

@@ -78,7 +78,12 @@ TINY: list[Entry] = [
     Entry("paddle-paddle2onnx", "mobilenet_v3_small", CNN, 64),
 ]
 
+# One per family and exporter, plus the shapes issue 12 named: TF "same" padding computed from Shape
+# (tf_efficientnet_lite0), Swin's window partition, ReduceL2 (convnextv2).
 QUICK = {
-    ("timm-torchscript", m) for m in ("resnet18", "vit_tiny_patch16_224", "levit_128s", "resmlp_12_224")
-} | {("timm-dynamo", "mobilenetv3_small_050"), ("keras-tf2onnx", "MobileNetV2"), ("keras-tf2onnx", "ConvNeXtTiny"),
+    ("timm-torchscript", m)
+    for m in ("resnet18", "tf_efficientnet_lite0", "convnextv2_atto", "vit_tiny_patch16_224",
+              "swin_tiny_patch4_window7_224", "levit_128s", "mobilevit_xxs", "resmlp_12_224")
+} | {("timm-dynamo", "mobilenetv3_small_050"), ("timm-dynamo", "vit_tiny_patch16_224"),
+     ("keras-tf2onnx", "MobileNetV2"), ("keras-tf2onnx", "ConvNeXtTiny"),
      ("paddle-paddle2onnx", "mobilenet_v3_small")}  # fmt: skip

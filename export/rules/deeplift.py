@@ -12,13 +12,16 @@ swapping the halves of a value (``_swapped``).
   the image half's cotangent times (m - o_ref) is unpooled through the image's argmax, the
   baseline half's times (o - m) through the baseline's, the two are summed and divided by
   x - x_ref (the true gradient where that is below eps); both halves get the result.
-- ``undefined``: ops DeepLIFT's rules give no multiplier and whose gradient Captum would not
-  use either (normalisations mixing positions, Softmax inside the model, selections other than
-  MaxPool, piecewise constant ops): refused with one line rather than a guessed number.
+- ``undefined``: ops DeepLIFT's rules give no multiplier (normalisations mixing positions,
+  Softmax inside the model, selections other than MaxPool, piecewise constant ops): refused with
+  one line rather than a guessed number. Captum would pass them the gradient, except nn.Softmax,
+  whose rule normalises over the whole batch of images and baselines at once.
 
 Linear, affine and shape ops keep their gradient, which is their rescale multiplier exactly;
 products of two image-dependent values (Mul, Div, Pow) keep theirs, as in Captum, which hooks
-modules and leaves such functional ops to autograd.
+modules and leaves such functional ops to autograd. Captum 0.9 itself departs from these rules
+where two of its hooked modules are adjacent (a stale output gradient, captum#1104) and in the
+MaxPool fallback for batches (captum#1276); both are fixed upstream, and these are the fixed rules.
 """
 
 from __future__ import annotations

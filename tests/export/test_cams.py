@@ -284,6 +284,16 @@ def test_vit_class_token(method: str, vit: tuple[nn.Module, onnx.ModelProto]) ->
     compare(graph, x, ids, expected, f"vit {method}")
 
 
+def test_token_models_need_a_layer(vit: tuple[nn.Module, onnx.ModelProto]) -> None:
+    """Without --layer the last 4-D value of a ViT is attention's (here q/k/v heads [N, 17, 2, 16]),
+    not a spatial map: refused with one line rather than explained."""
+    from varrt.core.errors import UsageError
+
+    with pytest.raises(UsageError, match=r"turns the image into tokens .* pass --layer") as info:
+        explain_graph(vit[1], method="gradcam")
+    assert "\n" not in str(info.value)
+
+
 def test_tokens_without_a_grid_are_refused(timm) -> None:  # noqa: ANN001
     """A register token besides the class token: 18 tokens are neither h*w nor 1 + h*w."""
     from timm.models.vision_transformer import VisionTransformer
@@ -359,3 +369,13 @@ def test_cli_export_mask_batch(cnn: tuple[nn.Module, onnx.ModelProto], tmp_path,
     assert cli.main(["export", str(model), "-o", str(refused), "-m", "layercam", "--mask-batch", "5"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--mask-batch applies to scorecam only" in err and not refused.exists()
+
+
+def test_bench_layer_reaches_every_cam() -> None:
+    """`varrt bench ... --layer L` hands L to every CAM method's Explainer, and only to those."""
+    import argparse
+
+    from varrt.bench import cli as bench_cli
+
+    options = bench_cli._method_options(argparse.Namespace(ig_steps=None, samples=None, layer="L"))
+    assert options == {m: {"layer": "L"} for m in ("gradcam", "guided_gradcam", *CAMS)}

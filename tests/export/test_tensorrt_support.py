@@ -9,12 +9,17 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from varrt.core.errors import ModelError
 from varrt.export import METHODS, explain_graph
 from varrt.export.methods import METHOD_TABLE
 from varrt.export.tensorrt_support import SUPPORTED, UNSUPPORTED, tensorrt_problems
 
 FAST_OPTIONS = {"integrated_gradients": {"steps": 4}, "smoothgrad": {"samples": 4}, "gradient_shap": {"samples": 4},
                 "occlusion": {"window": 8, "stride": 8}, "rise": {"samples": 8}}
+# (model, method) -> the op its one-line refusal names: DeepLIFT and LRP define no rule for these.
+REFUSED = {("mobilenetv3-torchscript", "lrp"): "HardSwish", ("convnext-dynamo", "deeplift"): "LayerNormalization",
+           ("convnext-dynamo", "lrp"): "LayerNormalization", ("vit-torchscript", "deeplift"): "LayerNormalization",
+           ("vit-torchscript", "lrp"): "LayerNormalization"}  # fmt: skip
 
 
 def _torch_models():
@@ -227,13 +232,19 @@ def test_tables_are_disjoint_and_cover_the_basics() -> None:
 
 
 # ---------------------------------------------------------------- the explanation graphs themselves
-def _explain_all(model: onnx.ModelProto, label: str, x: np.ndarray) -> None:
-    """Every method's graph: no TensorRT problems, and it runs with the contract's output shapes."""
+def _explain_all(model: onnx.ModelProto, label: str, x: np.ndarray, layer: str | None = None) -> None:
+    """Every method's graph: no TensorRT problems, and it runs with the contract's output shapes.
+    ``layer``: the CAMs' feature map (token models have no default)."""
     n, k = x.shape[0], 2
     ids = np.tile(np.arange(k, dtype=np.int64), (n, 1))
     failures = []
     for method in METHODS:
-        graph = explain_graph(model, method=method, **FAST_OPTIONS.get(method, {}))
+        if (label, method) in REFUSED:
+            with pytest.raises(ModelError, match=f"{REFUSED[label, method]} node .*: {method}: "):
+                explain_graph(model, method=method)
+            continue
+        options = dict(FAST_OPTIONS.get(method, {}), **({"layer": layer} if METHOD_TABLE[method].cam else {}))
+        graph = explain_graph(model, method=method, **options)
         problems = tensorrt_problems(graph)
         if problems:
             failures.append(f"{label} / {method}:\n  " + "\n  ".join(problems))
@@ -261,7 +272,9 @@ def test_explanation_graphs_parse_in_tensorrt(name: str, exporter: str) -> None:
     proto = tm.EXPORTERS[exporter](tm.TOY_MODELS[name](), tm.TOY_INPUT)
     assert tensorrt_problems(proto) == []  # the model itself is fine: any problem below is varrt's
     x, _ = tm.random_inputs(tm.TOY_INPUT, n=2)
-    _explain_all(proto, f"{name}-{exporter}", x)
+    # the ViT's tokens [N, 1 + 8*8, C] at its last block's norm1, as pytorch-grad-cam advises
+    layer = [n.output[0] for n in proto.graph.node if "/norm1/" in n.name][-1] if name == "vit" else None
+    _explain_all(proto, f"{name}-{exporter}", x, layer)
 
 
 @pytest.mark.parametrize("softmax", [False, True])
