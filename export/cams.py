@@ -280,10 +280,10 @@ def _grid_transform(em: Emitter, value: ir.Value, letters: str | None, height: i
     if len(sizes) == 3 and letters is not None:
         axes = spatial_and_channel_axes(letters)
         assert axes is not None  # feature_map keeps only maps with the batch axis first
-        grid = (sizes[axes[0] - 1], sizes[axes[1] - 1], sizes[axes[2] - 1])
+        sizes_chw = (sizes[axes[0] - 1], sizes[axes[1] - 1], sizes[axes[2] - 1])
         if axes == (1, 2, 3):
-            return (lambda v, lead: v), grid
-        return (lambda v, lead: em.Transpose(v, perm=[*range(lead + 1), *(lead + a for a in axes)])), grid
+            return (lambda v, lead: v), sizes_chw
+        return (lambda v, lead: em.Transpose(v, perm=[*range(lead + 1), *(lead + a for a in axes)])), sizes_chw
     if len(sizes) == 3:
         a, b, c = sizes
         if a * width == b * height and b * width != c * height and a * b > 1:  # Swin: [N, h, w, C]
