@@ -2,8 +2,8 @@
 
 Both run the model on many masked copies of the image and weigh each copy's class score by where
 its mask is. The copies are made and run inside the graph, ``chunk`` masks at a time: one ONNX
-``Loop`` whose body holds a copy of the model's forward (its weights are read from the outer
-graph, not copied) and whose loop-carried state is the map being summed, [N, K, H*W]. Memory is
+``Loop`` whose body holds a copy of the model's forward, weights included (see _clone_forward for
+why), and whose loop-carried state is the map being summed, [N, K, H*W]. Memory is
 that of one forward of ``chunk * N`` images, whatever the number of masks. The trip count is a
 constant and the accumulator keeps one shape through the iterations, no scan outputs: what the
 ONNX-TensorRT parser documents for Loop (export/tensorrt_support.py). The masks are built in the
