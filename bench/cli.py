@@ -13,7 +13,7 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -100,14 +100,15 @@ def _plots_module(args: argparse.Namespace) -> Any:
 
 
 # --- argument helpers ----------------------------------------------------------------------------
-def _images_and_methods(p: argparse.ArgumentParser, defaults: Sequence[str]) -> None:
-    """--images (default: the bundled photos) and --methods (default: ``defaults``)."""
+def _images_and_methods(p: argparse.ArgumentParser, defaults: Sequence[str],
+                        known: Sequence[str] = gpg.METHODS) -> None:
+    """--images (default: the bundled photos) and --methods (``known`` or all; default: ``defaults``)."""
     p.add_argument("--images", nargs="+", metavar="PATH", help="folders or files of photos (default: the bundled ones)")
     p.add_argument(
         "--methods",
-        type=_method_list(gpg.METHODS),
+        type=_method_list(known),
         default=list(defaults),
-        help=f"comma-separated, or all (default: {','.join(defaults)})",
+        help=f"comma-separated, or all = {','.join(known)} (default: {','.join(defaults)})",
     )
 
 
@@ -240,6 +241,18 @@ def _method_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return options
 
 
+def _var_scale_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--var-scale", choices=defaults.VAR_SCALES, default=defaults.VAR_SCALE,
+                        help="VAR's |A| before the temperature: as is, or divided by each map's max "
+                        "(default: %(default)s)")
+
+
+def _options_line(methods: Sequence[str], options: Mapping[str, Mapping[str, Any]]) -> str:
+    """The table header's record of the per-method options given (the rest run at the exporter's defaults)."""
+    given = [f"{m} " + " ".join(f"{k}={v}" for k, v in options[m].items()) for m in methods if options.get(m)]
+    return "method options: " + ("; ".join(given) if given else "the exporter's defaults")
+
+
 def _var_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=defaults.TEMPERATURE,
                         help="VAR temperature T (default: %(default)s)")
@@ -291,8 +304,8 @@ def add_parser(subparsers: Any, parent: argparse.ArgumentParser | None = None) -
     p.add_argument(
         "--methods",
         type=_method_list(gpg.METHODS),
-        default=list(gpg.METHODS),
-        help=f"comma-separated, or all (default: all = {','.join(gpg.METHODS)})",
+        default=list(gpg.DEFAULT_METHODS),
+        help=f"comma-separated, or all = {','.join(gpg.METHODS)} (default: {','.join(gpg.DEFAULT_METHODS)})",
     )
     p.add_argument(
         "--threshold",
@@ -318,6 +331,7 @@ def add_parser(subparsers: Any, parent: argparse.ArgumentParser | None = None) -
         help="--imagenet-val: classify N random validation images to draw grids from (default: 8 x --limit)",
     )
     _var_options(p)
+    _var_scale_option(p)
     p.set_defaults(run=run_gpg_command)
 
     p = commands.add_parser(
@@ -332,7 +346,7 @@ def add_parser(subparsers: Any, parent: argparse.ArgumentParser | None = None) -
     )
     _common(p, os.path.join(DEFAULT_OUT, "sanity"))
     _method_option_arguments(p)
-    _images_and_methods(p, sanity.METHODS)
+    _images_and_methods(p, sanity.DEFAULT_METHODS, sanity.METHODS)
     p.add_argument(
         "--steps",
         type=int,
@@ -351,6 +365,7 @@ def add_parser(subparsers: Any, parent: argparse.ArgumentParser | None = None) -
         help="class rule of the original model's explanation, fixed for all steps (default: %(default)s)",
     )
     _var_options(p)
+    _var_scale_option(p)
     p.set_defaults(run=run_sanity_command)
 
     p = commands.add_parser(
@@ -448,7 +463,7 @@ def _add_deletion_parser(commands: Any, parents: list[argparse.ArgumentParser]) 
     )
     _common(p, os.path.join(DEFAULT_OUT, "deletion"))
     _method_option_arguments(p)
-    _images_and_methods(p, insertion_deletion.METHODS)
+    _images_and_methods(p, insertion_deletion.METHODS, gpg.DEFAULT_METHODS)
     p.add_argument("--steps", type=int, default=32, help="perturbation steps per curve (default: %(default)s)")
     p.add_argument(
         "--ranking",
@@ -509,6 +524,7 @@ def run_gpg_command(args: argparse.Namespace) -> int:
         cells,
         arrangements,
         args.methods,
+        var_scale=args.var_scale,
         **_explainer_settings(args, progress),
     )
     progress.close()
@@ -523,6 +539,7 @@ def run_gpg_command(args: argparse.Namespace) -> int:
         f"grid pointing game: {report['grids']} grids, {report['cells']} cells, from "
         f"{len(cells)} images ({', '.join(e['name'] for e in report['images'])})"
     )
+    print(_options_line(args.methods, _method_options(args)))
     print(format_table(gpg.TABLE_HEADERS, result.table_rows(seed=args.seed)))
     written = [_write_json(report, out, "gpg.json")]
     if plots is not None:
@@ -553,11 +570,13 @@ def run_sanity_command(args: argparse.Namespace) -> int:
         steps=args.steps,
         seed=args.seed,
         classes=args.classes,
+        var_scale=args.var_scale,
         **_explainer_settings(args, progress),
     )
     progress.close()
     report = result.to_json()
     print(f"cascading randomization: {len(result.layers)} layers with weights, {len(inputs)} images")
+    print(_options_line(args.methods, _method_options(args)))
     print(format_table(sanity.TABLE_HEADERS, result.table_rows()))
     written = [_write_json(report, out, "sanity.json")]
     if plots is not None:

@@ -17,6 +17,7 @@ def fed_ids_explainer(
     tau: float,
     batch_size: int,
     method_options: Mapping[str, Mapping[str, Any]] | None,
+    var_scale: str = "none",
 ) -> Any:
     """The VAR explainer of one method, for graphs that take K class_ids as an input."""
     # The ids here only pick the graph with a class_ids input of K classes; each call passes
@@ -29,6 +30,7 @@ def fed_ids_explainer(
         var=True,
         temperature=temperature,
         tau=tau,
+        var_scale=var_scale,
         batch_size=batch_size,
         **dict((method_options or {}).get(method, {})),
     )

@@ -32,11 +32,13 @@ import onnxruntime
 from varrt import images as varrt_images
 from varrt.bench import grids, metrics
 from varrt.bench.explainers import fed_ids_explainer
-from varrt.core.defaults import TAU, TEMPERATURE
-from varrt.core.errors import UsageError, VarrtError
+from varrt.core.defaults import TAU, TEMPERATURE, VAR_SCALE
+from varrt.core.errors import ModelError, UsageError, VarrtError
 from varrt.explainer import Explainer
+from varrt.export.methods import METHODS as EXPORT_METHODS
 
-METHODS = (
+METHODS = EXPORT_METHODS  # every method varrt exports; --methods all
+DEFAULT_METHODS = (  # the cheap ones a bare `varrt bench gpg` runs
     "gradient",
     "input_x_gradient",
     "guided_backprop",
@@ -71,8 +73,11 @@ class MethodScores:
     base: np.ndarray
     var: np.ndarray
     seconds: float = 0.0
+    refused: str | None = None  # why the method could not explain this model (then no scores)
 
     def summary(self, seed: int = 0) -> dict[str, Any]:
+        if self.refused is not None:
+            return {"refused": self.refused, "seconds": self.seconds}
         return {
             "base": metrics.bootstrap_mean_interval(self.base, seed=seed).as_dict(),
             "var": metrics.bootstrap_mean_interval(self.var, seed=seed).as_dict(),
@@ -110,6 +115,9 @@ class GpgResult:
         rows = []
         for s in self.scores:
             summary = s.summary(seed)
+            if s.refused is not None:
+                rows.append([s.method, f"refused: {s.refused}", "", "", f"{s.seconds:.1f}"])
+                continue
             rows.append(
                 [s.method]
                 + [_format_interval(summary[key]) for key in ("base", "var", "var_minus_base")]
@@ -277,6 +285,7 @@ def run_gpg(
     *,
     temperature: float = TEMPERATURE,
     tau: float = TAU,
+    var_scale: str = VAR_SCALE,
     batch_size: int = 8,
     backend: str = "auto",
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
@@ -293,11 +302,19 @@ def run_gpg(
     prep = _preprocessing(model)
     inputs, class_ids, pixels = build_grids(cells, arrangements, prep)
     result = _result(model, cells, arrangements, pixels, temperature, tau, backend, method_options)
+    result.settings["var_scale"] = var_scale
     for method in methods:
-        explainer = fed_ids_explainer(factory, model, method, grids.CELLS, backend, temperature, tau, batch_size,
-                                      method_options)
         started = time.perf_counter()
-        base, var = run_method(explainer, inputs, class_ids, batch_size, progress, method)
+        try:
+            explainer = fed_ids_explainer(factory, model, method, grids.CELLS, backend, temperature, tau, batch_size,
+                                          method_options, var_scale)
+            base, var = run_method(explainer, inputs, class_ids, batch_size, progress, method)
+        except ModelError as error:
+            # A method that cannot explain this model (no LRP rule for an op...) is a row, not a crash;
+            # a usage error (a bad option, a class rule the model cannot meet) still ends the run.
+            empty = np.zeros(0)
+            result.scores.append(MethodScores(method, empty, empty, time.perf_counter() - started, str(error)))
+            continue
         seconds = time.perf_counter() - started
         result.scores.append(_method_scores(method, base, var, prep.size, seconds, prep.layout))
         result.example_maps[method] = _example_maps(base, var, prep.layout)

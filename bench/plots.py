@@ -39,7 +39,7 @@ def _save(figure: Any, path: str | os.PathLike[str]) -> str:
 def gpg_bars(report: Mapping[str, Any], path: str | os.PathLike[str]) -> str:
     """Grouped bars: base vs VAR pointing-game score per method, with 95% bootstrap intervals."""
     plt = pyplot()
-    methods = list(report["methods"])
+    methods = [m for m, entry in report["methods"].items() if "refused" not in entry]  # refused: no scores
     x = np.arange(len(methods))
     figure, axes = plt.subplots(figsize=(1.6 * len(methods) + 2, 4))
     for offset, kind, color in ((-0.2, "base", "#8c8c8c"), (0.2, "var", "#d62728")):

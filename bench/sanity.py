@@ -37,10 +37,12 @@ from varrt.bench import metrics
 from varrt.core import defaults
 from varrt.core.errors import ModelError
 from varrt.explainer import Explainer
+from varrt.export.methods import METHODS as EXPORT_METHODS
 from varrt.export.model_loading import read_model
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-METHODS = ("gradient", "guided_backprop", "integrated_gradients", "gradcam")
+METHODS = EXPORT_METHODS  # every method varrt exports; --methods all
+DEFAULT_METHODS = ("gradient", "guided_backprop", "integrated_gradients", "gradcam")
 
 Progress = Callable[[int, int, str], None]
 
@@ -132,6 +134,8 @@ class SanityResult:
     # method -> "base"/"var" -> [steps, H, W] maps of the first image
     maps: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
+    # method -> why it could not explain this model (no LRP rule for an op...): a row, not a crash
+    refused: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -141,6 +145,7 @@ class SanityResult:
             "depths": self.depths,
             "layers_output_first": [layer.node for layer in reversed(self.layers)],
             "similarity": self.similarity,
+            "refused": self.refused,
         }
 
     def table_rows(self) -> list[list[str]]:
@@ -155,6 +160,7 @@ class SanityResult:
                         for kind in ("base", "var")
                     ]
                 )
+        rows.extend([method, "-", f"refused: {reason}", "", "", ""] for method, reason in self.refused.items())
         return rows
 
 
@@ -192,6 +198,7 @@ def run_sanity(
     seed: int = 0,
     temperature: float = defaults.TEMPERATURE,
     tau: float = defaults.TAU,
+    var_scale: str = defaults.VAR_SCALE,
     classes: str = defaults.CLASSES,
     batch_size: int = 8,
     backend: str = "auto",
@@ -205,14 +212,19 @@ def run_sanity(
     layers, depths = _layers_and_depths(model, original, depths, steps)
     settings = _settings(seed, temperature, tau, classes, inputs)
     result = SanityResult(model=os.fspath(model), layers=layers, depths=depths, settings=settings)
-    options = _explainer_options(classes, backend, temperature, tau, batch_size)
+    settings["var_scale"] = var_scale
+    options = {**_explainer_options(classes, backend, temperature, tau, batch_size), "var_scale": var_scale}
     total = len(methods) * len(depths)
     # Randomized models are throwaway: their explanation graphs go to a temporary cache rather
     # than the user's, which would otherwise keep one graph per method and depth.
     with tempfile.TemporaryDirectory(prefix="varrt-sanity-") as scratch:
         cascade = _Cascade(factory, original, inputs, seed, scratch, options, method_options)
         for index, method in enumerate(methods):
-            curves, maps = _method_similarity(cascade, method, depths, progress, index * len(depths), total)
+            try:
+                curves, maps = _method_similarity(cascade, method, depths, progress, index * len(depths), total)
+            except ModelError as error:  # this method cannot explain this model; a usage error still ends the run
+                result.refused[method] = str(error)
+                continue
             result.similarity[method] = curves
             result.maps[method] = maps
     return result
