@@ -46,6 +46,7 @@ README_NAMES = {
     "varrt.export.tensorrt_support.tensorrt_problems",
     "varrt.kernels.var_maps",
     "varrt.bench.speed_reference",
+    "varrt.bench.zoo",
 }
 
 EXPLANATION_FIELDS = {
