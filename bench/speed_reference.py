@@ -46,6 +46,7 @@ from varrt.backends.onnxruntime import cpu_session_options
 from varrt.bench.timing import latency_summary, split_evenly, timed, timed_in_rounds
 from varrt.core.defaults import TAU, TEMPERATURE
 from varrt.explainer import Explainer
+from varrt.export.perturbation import PerturbationOptions, RiseTables
 
 FLOW = "torch+captum"
 INPUT_SHAPE = (3, 224, 224)
@@ -138,8 +139,6 @@ def captum_attributor(model: Any, method: str, steps: int = 32, samples: int | N
 
 
 def _perturbation_reference(model: Any, method: str, samples: int | None, **options: Any) -> Any:
-    from varrt.export.perturbation import PerturbationOptions
-
     settings = PerturbationOptions(method=method, **options, **({} if samples is None else {"samples": samples}))
     if method == "rise":
         return RiseLoop(model, settings)
@@ -164,7 +163,6 @@ class RiseLoop:
 
     def __init__(self, model: Any, settings: Any):
         import torch
-        from varrt.export.perturbation import RiseTables
 
         height, width = INPUT_SHAPE[1:]
         tables = RiseTables.make(height, width, settings.samples, settings.mask_size, settings.keep, settings.seed)

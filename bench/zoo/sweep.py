@@ -4,6 +4,7 @@ results.jsonl skipped (resume), the tables rewritten after every model."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import pathlib
@@ -25,22 +26,24 @@ def missing_framework(entry: Entry) -> str | None:
     return next((m for m in REQUIRES[FRAMEWORKS[entry.exporter]] if importlib.util.find_spec(m) is None), None)
 
 
+# framework -> its adapter module (a Subject class that builds, exports and differentiates a model)
+ADAPTERS = {"timm": "varrt.bench.zoo.torch_zoo", "keras": "varrt.bench.zoo.keras_zoo",
+            "paddle": "varrt.bench.zoo.paddle_zoo"}
+
+
 def subject(entry: Entry, size: int | None = None) -> Subject:
     """The framework's Subject for ``entry`` at ``size`` (default: the entry's, else the model's
     own); imports only that framework."""
     framework = FRAMEWORKS[entry.exporter]
     size = entry.size if size is None else size
+    # Each adapter imports its framework (torch, TensorFlow, Paddle) at its top, so only the
+    # framework of the entry is loaded: the adapter is imported by name, here.
+    adapter = importlib.import_module(ADAPTERS[framework])
     if framework == "timm":
-        from varrt.bench.zoo.torch_zoo import TimmSubject
-
-        return TimmSubject(entry.model, entry.exporter.split("-", 1)[1], size)
+        return adapter.TimmSubject(entry.model, entry.exporter.split("-", 1)[1], size)
     if framework == "keras":
-        from varrt.bench.zoo.keras_zoo import KerasSubject
-
-        return KerasSubject(entry.model, size)
-    from varrt.bench.zoo.paddle_zoo import PaddleSubject
-
-    return PaddleSubject(entry.model, size)
+        return adapter.KerasSubject(entry.model, size)
+    return adapter.PaddleSubject(entry.model, size)
 
 
 def _build(entry: Entry, max_size: int | None) -> Subject:
