@@ -6,6 +6,6 @@ forms (static, dynamic batch, dynamic height and width), explains each export wi
 checks the attributions against the framework's own autodiff in float64. Writes a compatibility
 matrix (Markdown, CSV, JSON) and, resumably, one JSON line per checked cell.
 
-Frameworks are optional extras (``zoo-tf``, ``zoo-paddle``; timm comes with ``test``); each lives
+Frameworks are optional extras (``keras``, ``zoo-paddle``; timm comes with ``test``); each lives
 in its own module (torch_zoo, keras_zoo, paddle_zoo), imported only when its models are swept.
 """

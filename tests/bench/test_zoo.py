@@ -24,7 +24,7 @@ def _sweep(entry: Entry, out: pathlib.Path) -> list[Record]:
     all load into one process: Paddle's import segfaults after the other two)."""
     missing = sweep.missing_framework(entry)
     if missing:
-        pytest.skip(f"{missing} is not installed (pip install -e '.[zoo-tf,zoo-paddle]')")
+        pytest.skip(f"{missing} is not installed (pip install -e '.[keras,zoo-paddle]')")
     return sweep.sweep([entry], FORMS, ("gradient",), out, timeout=900, rerun=False)
 
 
