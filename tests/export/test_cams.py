@@ -46,28 +46,9 @@ REFERENCES = {
 CAMS = list(REFERENCES)
 
 
-class ReluCNN(nn.Module):
-    """conv-relu-pool, conv-relu, conv-relu (the last spatial feature map, 8x8), global pool, linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.relu1 = nn.Conv2d(3, 12, 3, padding=1), nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2, self.relu2 = nn.Conv2d(12, 16, 3, padding=1), nn.ReLU()
-        self.conv3, self.relu3 = nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU()
-        self.fc = nn.Linear(16, tm.NUM_CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
-        x = self.relu3(self.conv3(x))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
 @pytest.fixture(scope="module")
 def cnn() -> tuple[nn.Module, onnx.ModelProto]:
-    torch.manual_seed(11)
-    model = ReluCNN().eval()
-    return model, tm.export_torchscript(model, tm.TOY_INPUT)
+    return tm.relu_cnn()
 
 
 def reference_cams(method: str, model: nn.Module, layer: nn.Module, x: np.ndarray, ids: np.ndarray,
@@ -373,9 +354,8 @@ def test_cli_export_mask_batch(cnn: tuple[nn.Module, onnx.ModelProto], tmp_path,
 
 def test_bench_layer_reaches_every_cam() -> None:
     """`varrt bench ... --layer L` hands L to every CAM method's Explainer, and only to those."""
-    import argparse
-
+    from varrt import cli
     from varrt.bench import cli as bench_cli
 
-    options = bench_cli._method_options(argparse.Namespace(ig_steps=None, samples=None, layer="L"))
+    options = bench_cli._method_options(cli.build_parser().parse_args(["bench", "gpg", "--layer", "L"]))
     assert options == {m: {"layer": "L"} for m in ("gradcam", "guided_gradcam", *CAMS)}

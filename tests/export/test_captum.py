@@ -20,28 +20,9 @@ from torch import nn  # noqa: E402
 REL_TOL = 1e-4
 
 
-class ReluCNN(nn.Module):
-    """conv-relu-pool, conv-relu, conv-relu (the last spatial feature map, 8x8), global pool, linear."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1, self.relu1 = nn.Conv2d(3, 12, 3, padding=1), nn.ReLU()
-        self.pool = nn.MaxPool2d(2)
-        self.conv2, self.relu2 = nn.Conv2d(12, 16, 3, padding=1), nn.ReLU()
-        self.conv3, self.relu3 = nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU()
-        self.fc = nn.Linear(16, tm.NUM_CLASSES)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
-        x = self.relu3(self.conv3(x))
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
 @pytest.fixture(scope="module")
 def cnn() -> tuple[nn.Module, onnx.ModelProto]:
-    torch.manual_seed(11)
-    model = ReluCNN().eval()
-    return model, tm.export_torchscript(model, tm.TOY_INPUT)
+    return tm.relu_cnn()
 
 
 def _per_class(attribute, x: np.ndarray, ids: np.ndarray) -> np.ndarray:  # noqa: ANN001

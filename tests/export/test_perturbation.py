@@ -144,7 +144,6 @@ def test_rise_masks_are_the_papers() -> None:
 torch = pytest.importorskip("torch", reason="PyTorch and Captum are the reference")
 captum_attr = pytest.importorskip("captum.attr", reason="Captum is the reference")
 import torch_models as tm  # noqa: E402
-from test_captum import ReluCNN  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -158,9 +157,7 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="module")
 def cnn() -> tuple[torch.nn.Module, onnx.ModelProto]:
-    torch.manual_seed(11)
-    model = ReluCNN().eval()
-    return model, tm.export_torchscript(model, tm.TOY_INPUT)
+    return tm.relu_cnn()
 
 
 def _captum_occlusion(model: torch.nn.Module, x: np.ndarray, ids: np.ndarray, window: int, stride: int,

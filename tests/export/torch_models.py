@@ -433,3 +433,29 @@ RESULTS: dict[str, dict[tuple[str, str], float]] = {}
 def record(title: str, row: str, col: str, value: float) -> None:
     RESULTS.setdefault(title, {})[(row, col)] = float(value)
     print(f"{title}: {row} / {col}: {value:.3e}")
+
+
+class ReluCNN(nn.Module):
+    """conv-relu-pool, conv-relu, conv-relu (the last spatial feature map, 8x8), global pool, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.relu1 = nn.Conv2d(3, 12, 3, padding=1), nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.conv2, self.relu2 = nn.Conv2d(12, 16, 3, padding=1), nn.ReLU()
+        self.conv3, self.relu3 = nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ReLU()
+        self.fc = nn.Linear(16, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
+        x = self.relu3(self.conv3(x))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def relu_cnn(seed: int = 11) -> tuple[nn.Module, onnx.ModelProto]:
+    """The ReLU CNN (eval mode, seeded weights) and its TorchScript export: the reference tests'
+    model for Captum's and pytorch-grad-cam's methods."""
+    torch.manual_seed(seed)
+    model = ReluCNN().eval()
+    return model, export_torchscript(model, TOY_INPUT)
+
