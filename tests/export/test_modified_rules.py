@@ -61,7 +61,7 @@ def _setup(case: Case) -> tuple[np.random.Generator, onnx.ModelProto, dict, ort.
 def test_deeplift_rule(case: Case) -> None:
     family = _family(case)
     _, model, feeds, plain, cotangents, grads = _setup(case)
-    if family in ("normalization", "constant") or (family == "selection" and case.op != "MaxPool"):
+    if family in ("normalization", "constant", "recurrent") or (family == "selection" and case.op != "MaxPool"):
         with pytest.raises(ModelError, match="deeplift: DeepLIFT's rules"):
             vjp_model(model, modified_backward="deeplift")
         return
@@ -90,7 +90,7 @@ def test_deeplift_rule(case: Case) -> None:
 
 def _refused_by_lrp(case: Case, model: onnx.ModelProto) -> bool:
     family = _family(case)
-    if family in ("activation", "normalization", "constant"):
+    if family in ("activation", "normalization", "constant", "recurrent"):
         return True
     constant = [v is not None and v.active is False for v in case.inputs]
     if family == "elementwise":
